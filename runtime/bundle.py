@@ -1,0 +1,263 @@
+"""The instruction bundle (``*.pld.json``): everything a device needs besides the model file.
+
+Owns the schema (msgspec Structs, strict), loading and saving, the content digest, and the one
+function that renders the student's system prompt from the task and the instructions. It knows
+nothing about models, llama.cpp or the distiller.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from pld.errors import BundleError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Bundle",
+    "Instruction",
+    "Label",
+    "Metrics",
+    "RuntimeSettings",
+    "Student",
+    "Task",
+    "bundle_digest",
+    "load_bundle",
+    "render_system_prompt",
+    "save_bundle",
+]
+
+SCHEMA_VERSION = 1
+
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+_LABEL = re.compile(r"^\S(?:.*\S)?$")
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Label(_Strict):
+    """One answer the student may give, with a one-line definition."""
+
+    name: str
+    definition: str
+
+
+class Task(_Strict):
+    """What is classified: a description, the label space and what an input looks like."""
+
+    name: str
+    description: str
+    labels: list[Label]
+    input_format: str
+
+
+class Instruction(_Strict):
+    """One distilled rule and where it came from: the audit surface of a bundle."""
+
+    id: str
+    text: str
+    support: int = 0
+    cluster: int | None = None
+    round: int = 0
+
+
+class Student(_Strict):
+    """The model the bundle was validated with, and what to do when a device runs another."""
+
+    model: str
+    sha256: str | None = None
+    on_mismatch: Literal["error", "warn"] = "error"
+
+
+class RuntimeSettings(_Strict):
+    """How the runtime scores labels for this bundle (chosen from measurements on dev data)."""
+
+    calibration: Literal["none", "contextual"] = "none"
+    content_free_inputs: list[str] = msgspec.field(default_factory=lambda: ["N/A", "", "[MASK]"])
+
+
+class Metrics(_Strict):
+    """Validation results of the student with this bundle and zero-shot."""
+
+    n: int
+    macro_f1: float
+    accuracy: float
+    zero_shot_macro_f1: float | None = None
+    zero_shot_accuracy: float | None = None
+    split: str = "dev"
+
+
+class Bundle(_Strict):
+    """A versioned, auditable system prompt for one task and one student model."""
+
+    schema_version: int
+    name: str
+    version: str
+    created_at: str
+    task: Task
+    instructions: list[Instruction]
+    system_prompt: str
+    student: Student
+    runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)
+    metrics: Metrics | None = None
+    digest: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names, in the task's order."""
+        return [label.name for label in self.task.labels]
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        name: str,
+        task: Task,
+        instructions: list[Instruction] | None = None,
+        student: Student,
+        version: str = "0.1.0",
+        runtime: RuntimeSettings | None = None,
+        provenance: dict[str, Any] | None = None,
+        metrics: Metrics | None = None,
+        created_at: str | None = None,
+    ) -> Bundle:
+        """Build a bundle with its system prompt rendered and its digest computed."""
+        instructions = list(instructions or [])
+        draft = cls(
+            schema_version=SCHEMA_VERSION,
+            name=name,
+            version=version,
+            created_at=created_at
+            or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            task=task,
+            instructions=instructions,
+            system_prompt=render_system_prompt(task, instructions),
+            student=student,
+            runtime=runtime or RuntimeSettings(),
+            provenance=dict(provenance or {}),
+            metrics=metrics,
+        )
+        validate(draft)
+        return msgspec.structs.replace(draft, digest=bundle_digest(draft))
+
+
+def render_system_prompt(task: Task, instructions: list[Instruction]) -> str:
+    """Render the exact text the student sees: the single source of a bundle's system prompt."""
+    names = [label.name for label in task.labels]
+    lines = [task.description.strip(), "", "Labels:"]
+    lines += [f"- {label.name}: {label.definition.strip()}" for label in task.labels]
+    lines += ["", f"Input format: {task.input_format.strip()}"]
+    if instructions:
+        lines += ["", "Rules:"]
+        lines += [f"{i}. {ins.text.strip()}" for i, ins in enumerate(instructions, 1)]
+    lines += ["", f"Answer with exactly one label ({', '.join(names)}) and nothing else."]
+    return "\n".join(lines)
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """sha256 of the bundle's canonical bytes (sorted keys, digest field left out)."""
+    raw = msgspec.to_builtins(bundle)
+    raw.pop("digest", None)
+    canonical = msgspec.json.encode(raw, order="sorted")
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def validate(bundle: Bundle) -> None:
+    """Check what the schema alone cannot: semver, unique labels, prompt consistency."""
+    if bundle.schema_version != SCHEMA_VERSION:
+        raise BundleError(_version_message(bundle.schema_version))
+    if not _SEMVER.match(bundle.version):
+        raise BundleError(f"bundle field 'version' is {bundle.version!r}; use semver like '1.2.0'")
+    if not bundle.name.strip():
+        raise BundleError("bundle field 'name' is empty; give the bundle a name")
+    names = [label.name for label in bundle.task.labels]
+    if len(names) < 2:
+        raise BundleError("bundle field 'task.labels' needs at least two labels")
+    if len(set(names)) != len(names):
+        raise BundleError(f"bundle field 'task.labels' has duplicate names: {names}")
+    for name in names:
+        if not _LABEL.match(name):
+            raise BundleError(
+                f"bundle field 'task.labels' has label {name!r}; "
+                "labels must be non-empty with no leading or trailing whitespace"
+            )
+    ids = [ins.id for ins in bundle.instructions]
+    if len(set(ids)) != len(ids):
+        raise BundleError("bundle field 'instructions' has duplicate ids")
+    expected = render_system_prompt(bundle.task, bundle.instructions)
+    if bundle.system_prompt != expected:
+        raise BundleError(
+            "bundle field 'system_prompt' does not match the task and instructions; "
+            "it was edited by hand: edit 'instructions' instead and re-save the bundle with pld"
+        )
+
+
+def _version_message(found: object) -> str:
+    if isinstance(found, int) and found > SCHEMA_VERSION:
+        return (
+            f"bundle schema_version {found} is newer than this pld understands "
+            f"({SCHEMA_VERSION}); upgrade pld: pip install -U pld"
+        )
+    return (
+        f"bundle schema_version {found!r} is not supported (this pld reads {SCHEMA_VERSION}); "
+        "re-create the bundle with 'pld distill' or upgrade it with a pld that reads both"
+    )
+
+
+def load_bundle(path: str | Path, *, verify_digest: bool = True) -> Bundle:
+    """Read and validate a bundle file; errors name the file, the field and the fix."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(
+            f"bundle file {path} does not exist; pass a path or a shipped bundle name "
+            "(see 'pld bundle list')"
+        ) from None
+    return parse_bundle(data, source=str(path), verify_digest=verify_digest)
+
+
+def parse_bundle(data: bytes, *, source: str = "<bytes>", verify_digest: bool = True) -> Bundle:
+    """Decode and validate bundle bytes."""
+    try:
+        header = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BundleError(f"bundle {source} is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"bundle {source} must be a JSON object")
+    if header.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"bundle {source}: " + _version_message(header.get("schema_version")))
+    try:
+        bundle = msgspec.json.decode(data, type=Bundle)
+    except msgspec.ValidationError as exc:
+        raise BundleError(f"bundle {source} fails validation: {exc}") from None
+    try:
+        validate(bundle)
+    except BundleError as exc:
+        raise BundleError(f"bundle {source}: {exc}") from None
+    if verify_digest and bundle.digest is not None and bundle.digest != bundle_digest(bundle):
+        raise BundleError(
+            f"bundle {source}: field 'digest' does not match the content; the file was changed "
+            "after it was written; re-save it with pld or restore the original"
+        )
+    return bundle
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write a bundle (digest refreshed) atomically, pretty-printed for human review."""
+    validate(bundle)
+    bundle = msgspec.structs.replace(bundle, digest=bundle_digest(bundle))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(bundle), indent=2) + b"\n")
+    tmp.replace(path)
+    return path

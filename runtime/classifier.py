@@ -1,0 +1,335 @@
+"""The public face of the runtime: a bundle plus a model, classifying text into the bundle's labels.
+
+Owns input checks, the prompt split into prefix and suffix, label scoring and contextual
+calibration, and the prefix-state cache. The heavy lifting is ``engine.Engine``; which file a
+model name means is ``pld.models``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from pld import models
+from pld.errors import ContextOverflowError, InputError, ModelMismatchError
+
+from .bundle import Bundle, load_bundle
+from .engine import Engine, EngineConfig, Model
+from .prefix_cache import PrefixStateStore, state_key
+from .store import resolve_bundle_path
+from .template import CHAT_FORMATS, ChatFormat, Segment
+
+__all__ = ["Classifier", "Prediction", "Timings"]
+
+
+class Timings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one request's time went; batched requests report their share of the batch."""
+
+    input_tokens: int
+    tokenize_ms: float
+    decode_ms: float
+    total_ms: float
+
+
+class Prediction(msgspec.Struct, frozen=True, kw_only=True):
+    """A label, the probability of every label, and how it was computed."""
+
+    label: str
+    probs: dict[str, float]
+    calibrated: bool
+    timings: Timings
+    id: str | None = None
+    truncated: bool = False
+
+
+def _check_text(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"input is not valid UTF-8 (byte {text[exc.start]:#04x} at offset {exc.start}); "
+                "decode it with the right encoding before classifying"
+            ) from None
+    if not isinstance(text, str):
+        raise InputError(f"input must be str or bytes, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"input is not valid UTF-8 text (unpaired surrogate at offset {exc.start}); "
+            "decode the source bytes with errors='replace' or fix the input"
+        ) from None
+    if not text.strip():
+        raise InputError("input is empty; pass the text to classify")
+    return text
+
+
+class Classifier:
+    """Classify text with a bundle's system prompt, evaluated once and reused for every request."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: Model,
+        resolved: models.ResolvedModel,
+        *,
+        config: EngineConfig,
+        calibrate: bool | None = None,
+        prefix_cache: bool = True,
+        state_dir: Path | None = None,
+        truncate: bool = False,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.labels = bundle.labels
+        self.model = model
+        self.resolved = resolved
+        self.truncate = truncate
+        self.format: ChatFormat = CHAT_FORMATS[resolved.chat_format]
+        system = bundle.system_prompt if system_prompt is None else system_prompt
+        self.prefix_tokens = self._tokens(self.format.prefix(system), bos=True)
+        self.label_tokens = [model.tokenize(name, special=False) for name in self.labels]
+        self._tail = self._tokens([(self.format.turn_end, True)], bos=False)
+        self.engine = Engine(
+            model, config, prefix_len=len(self.prefix_tokens), n_labels=len(self.labels)
+        )
+        self.calibrated = (bundle.runtime.calibration == "contextual") if calibrate is None else calibrate
+        self._cf: npt.NDArray[np.float64] | None = None
+        self.prime_ms: float | None = None
+        self.restore_ms: float | None = None
+        self._prepare(prefix_cache, state_dir)
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        bundle: str | Path | Bundle,
+        *,
+        model: str | None = None,
+        n_ctx: int = 0,
+        n_threads: int = 0,
+        n_gpu_layers: int = 0,
+        max_batch: int = 8,
+        max_input_tokens: int = 2048,
+        flash_attn: bool = False,
+        calibrate: bool | None = None,
+        prefix_cache: bool = True,
+        state_dir: str | Path | None = None,
+        truncate: bool = False,
+        allow_model_mismatch: bool = False,
+        system_prompt: str | None = None,
+    ) -> Classifier:
+        """Load a bundle (path or shipped name) and its student model, and prime the prefix.
+
+        ``model`` overrides the bundle's student (a registry name or a .gguf path). A model file
+        whose sha256 differs from the bundle's raises unless ``allow_model_mismatch``.
+        ``system_prompt`` replaces the bundle's (benchmarks use "" for the floor).
+        """
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(resolve_bundle_path(bundle))
+        resolved = models.resolve(model or bundle.student.model)
+        expected = bundle.student.sha256
+        if expected and resolved.sha256 != expected:
+            msg = (
+                f"model file {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
+                f"bundle '{bundle.name}' was validated with ({bundle.student.model}, sha256 "
+                f"{expected[:12]}...); use that model, or pass allow_model_mismatch=True / "
+                "--allow-model-mismatch to run it anyway"
+            )
+            if bundle.student.on_mismatch == "error" and not allow_model_mismatch:
+                raise ModelMismatchError(msg)
+            warnings.warn(msg, stacklevel=2)
+        config = EngineConfig(
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            max_batch=max_batch,
+            max_input_tokens=max_input_tokens,
+            flash_attn=flash_attn,
+        )
+        llm = Model(resolved.path, n_gpu_layers=n_gpu_layers)
+        return cls(
+            bundle,
+            llm,
+            resolved,
+            config=config,
+            calibrate=calibrate,
+            prefix_cache=prefix_cache,
+            state_dir=Path(state_dir) if state_dir else None,
+            truncate=truncate,
+            system_prompt=system_prompt,
+        )
+
+    def _tokens(self, segments: Sequence[Segment], *, bos: bool) -> list[int]:
+        out = [self.model.bos] if bos and self.model.add_bos else []
+        for text, special in segments:
+            out += self.model.tokenize(text, special=special)
+        return out
+
+    def _state_key(self) -> str:
+        import llama_cpp
+
+        cfg = self.engine.config
+        return state_key(
+            model_sha256=self.resolved.sha256,
+            prefix=state_key(tokens=self.prefix_tokens),
+            llama_cpp=llama_cpp.__version__,
+            n_ctx=self.engine.n_ctx,
+            n_seq=self.engine.n_seq,
+            flash_attn=cfg.flash_attn,
+            swa_full=cfg.swa_full,
+            kv_type="f16",
+            n_gpu_layers=cfg.n_gpu_layers,
+        )
+
+    def _prepare(self, use_cache: bool, state_dir: Path | None) -> None:
+        store = PrefixStateStore(state_dir or models.cache_dir() / "prefix-states")
+        key = self._state_key()
+        cf_key = state_key(
+            inputs=self.bundle.runtime.content_free_inputs, labels=self.label_tokens
+        )
+        if use_cache:
+            t0 = time.perf_counter()
+            hit = store.load(key)
+            if hit and self.engine.restore(self.prefix_tokens, hit[1]):
+                self.restore_ms = (time.perf_counter() - t0) * 1000
+                cf = hit[0].get("calibration", {})
+                if self.calibrated and cf.get("key") == cf_key:
+                    self._cf = np.asarray(cf["probs"], dtype=np.float64)
+                elif self.calibrated:
+                    self._cf = self._content_free()
+                return
+        self.prime_ms = self.engine.prime(self.prefix_tokens)
+        if self.calibrated:
+            self._cf = self._content_free()
+        if use_cache:
+            header: dict[str, Any] = {
+                "bundle": self.bundle.name,
+                "bundle_digest": self.bundle.digest,
+                "model": self.resolved.name,
+                "prefix_tokens": len(self.prefix_tokens),
+            }
+            if self._cf is not None:
+                header["calibration"] = {"key": cf_key, "probs": self._cf.tolist()}
+            store.save(key, header, self.engine.prefix_state())
+
+    def _content_free(self) -> npt.NDArray[np.float64]:
+        """Mean label distribution on content-free inputs: the prior to divide out."""
+        inputs = self.bundle.runtime.content_free_inputs
+        sufs = [self._tokens(self.format.suffix(x), bos=False) for x in inputs]
+        probs = self._normalize(self.engine.score(sufs, self.label_tokens))
+        return probs.mean(axis=0)  # type: ignore[no-any-return]
+
+    # -- requests ------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalize(logp: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        x = logp - logp.max(axis=-1, keepdims=True)
+        p = np.exp(x)
+        return p / p.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+    def _suffix(self, text: str | bytes) -> tuple[list[int], bool]:
+        body = self.model.tokenize(_check_text(text), special=False)
+        room = self.engine.capacity(len(self._tail), self._label_room())
+        room = min(room, self.engine.config.max_input_tokens - len(self._tail))
+        if len(body) > room:
+            if not self.truncate:
+                raise ContextOverflowError(
+                    f"input has {len(body)} tokens but only {max(room, 0)} fit (context "
+                    f"{self.engine.n_ctx} tokens, system prompt {len(self.prefix_tokens)}, "
+                    f"max_input_tokens {self.engine.config.max_input_tokens}); shorten it, "
+                    "raise n_ctx / max_input_tokens, or pass truncate=True (--truncate)"
+                )
+            return body[: max(room, 0)] + self._tail, True
+        return body + self._tail, False
+
+    def _label_room(self) -> int:
+        if len({t[0] for t in self.label_tokens}) == len(self.label_tokens):
+            return 0
+        return len(self.labels) * (max(map(len, self.label_tokens)) - 1)
+
+    def _predict(
+        self, logp: npt.NDArray[np.float64], timings: Timings, id_: str | None, truncated: bool
+    ) -> Prediction:
+        p = self._normalize(logp)
+        if self._cf is not None:
+            p = p / self._cf
+            p = p / p.sum()
+        best = int(np.argmax(p))
+        return Prediction(
+            label=self.labels[best],
+            probs={name: float(v) for name, v in zip(self.labels, p)},
+            calibrated=self._cf is not None,
+            timings=timings,
+            id=id_,
+            truncated=truncated,
+        )
+
+    def classify(self, text: str | bytes, *, id: str | None = None) -> Prediction:
+        """Classify one input: evaluates only its own tokens plus one step per label."""
+        return self.classify_many([text], ids=[id] if id is not None else None)[0]
+
+    def classify_many(
+        self, texts: Sequence[str | bytes], *, ids: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Classify many inputs in batches over copies of the shared prefix."""
+        if ids is not None and len(ids) != len(texts):
+            raise InputError(f"got {len(texts)} texts but {len(ids)} ids")
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        prepared = [self._suffix(t) for t in texts]
+        t1 = time.perf_counter()
+        logp = self.engine.score([s for s, _ in prepared], self.label_tokens)
+        t2 = time.perf_counter()
+        n = len(texts)
+        out = []
+        for i, ((suf, cut), row) in enumerate(zip(prepared, logp)):
+            timings = Timings(
+                input_tokens=len(suf),
+                tokenize_ms=(t1 - t0) * 1000 / n,
+                decode_ms=(t2 - t1) * 1000 / n,
+                total_ms=(time.perf_counter() - t0) * 1000 / n,
+            )
+            out.append(self._predict(row, timings, ids[i] if ids else None, cut))
+        return out
+
+    def classify_full(self, text: str | bytes) -> Prediction:
+        """Reference path: evaluate system prompt and input from scratch (for tests, benchmarks).
+
+        It discards the primed prefix; use it on a classifier opened for that purpose.
+        """
+        t0 = time.perf_counter()
+        suf, cut = self._suffix(text)
+        logp = self.engine.score_full(self.prefix_tokens + suf, self.label_tokens)
+        ms = (time.perf_counter() - t0) * 1000
+        return self._predict(logp, Timings(input_tokens=len(suf), tokenize_ms=0.0,
+                                           decode_ms=ms, total_ms=ms), None, cut)
+
+    @property
+    def backend(self) -> str:
+        """Which backend runs the model, as llama.cpp reports it."""
+        import llama_cpp.llama_cpp as L
+
+        gpu = bool(L.llama_supports_gpu_offload()) and self.engine.config.n_gpu_layers != 0
+        return "gpu-offload" if gpu else "cpu"
+
+    def close(self) -> None:
+        """Free the context and the model."""
+        self.engine.close()
+        self.model.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
