@@ -310,7 +310,7 @@ class Classifier:
         """
         t0 = time.perf_counter()
         suf, cut = self._suffix(text)
-        logp = self.engine.score_full(self.prefix_tokens + suf, self.label_tokens)
+        logp = self.engine.score_full(self.prefix_tokens, suf, self.label_tokens)
         ms = (time.perf_counter() - t0) * 1000
         return self._predict(logp, Timings(input_tokens=len(suf), tokenize_ms=0.0,
                                            decode_ms=ms, total_ms=ms), None, cut)

@@ -1,0 +1,60 @@
+"""`pld eval` and `pld bench ...`: thin wrappers that print a table, then one JSON line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Latency benchmarks.")
+
+
+def _default_data(rel: str) -> Path:
+    root = Path(os.environ.get("PLD_DATA_DIR", Path.cwd().parent / "shared" / "data"))
+    return root / rel
+
+
+def evaluate(
+    bundle: Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped name.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N records.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    allow_model_mismatch: Annotated[bool, typer.Option(help="Run a model other than the bundle's.")] = False,
+) -> None:
+    """Accuracy, Macro-F1, per-label scores and confusion matrix of a bundle on a split."""
+    from .evaluate import evaluate as run, format_report
+
+    res = run(bundle, data, limit=limit, model=model, calibrate=calibrate, batch_size=batch_size,
+              n_threads=threads, allow_model_mismatch=allow_model_mismatch or model is not None)
+    typer.echo(format_report(res))
+    summary = {k: v for k, v in msgspec.to_builtins(res).items() if k != "report"}
+    summary["per_label"] = msgspec.to_builtins(res.report.per_label)
+    typer.echo(msgspec.json.encode(summary).decode())
+
+
+@bench_app.command("latency")
+def latency(
+    bundle: Annotated[Optional[str], typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
+    requests: Annotated[int, typer.Option(help="Distinct inputs timed per repeat.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Interleaved repeats of the reuse/floor/batched modes.")] = 3,
+    full_requests: Annotated[int, typer.Option(help="Requests timed with the whole prompt (slow).")] = 3,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all).")] = 0,
+    flash_attn: Annotated[bool, typer.Option(help="Use flash attention.")] = False,
+) -> None:
+    """Full prompt vs prefix reuse vs batched vs empty prompt; prime vs restore; peak memory."""
+    from .latency import format_latency, run_latency
+
+    r = run_latency(bundle=bundle, data=data or _default_data("stereoset/dev.jsonl"), model=model,
+                    requests=requests, repeats=repeats, full_requests=full_requests,
+                    n_threads=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn)
+    typer.echo(format_latency(r))
+    typer.echo(msgspec.json.encode(r).decode())

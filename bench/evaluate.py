@@ -1,0 +1,101 @@
+"""Accuracy of a bundle on a labelled split: the numbers behind `pld eval`.
+
+Runs the runtime's Classifier over JSON Lines records and scores the predictions; knows nothing
+about how the bundle was made.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import typer
+
+from pld.errors import DataError
+from pld.runtime.classifier import Classifier
+from pld.runtime.records import read_records
+
+from .metrics import Report, bootstrap_ci, score
+
+__all__ = ["EvalResult", "evaluate", "format_report"]
+
+
+class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A metrics report plus how it was produced."""
+
+    bundle: str
+    model: str
+    data: str
+    n: int
+    accuracy: float
+    macro_f1: float
+    macro_f1_ci: tuple[float, float]
+    accuracy_ci: tuple[float, float]
+    per_request_ms: float
+    calibrated: bool
+    report: Report
+
+
+def evaluate(
+    bundle: str, data: str | Path, *, limit: int | None = None, model: str | None = None,
+    calibrate: bool | None = None, batch_size: int = 8, n_threads: int = 0,
+    allow_model_mismatch: bool = False, progress: bool = True,
+) -> EvalResult:
+    """Classify every record of ``data`` (or the first ``limit``) and score against gold labels."""
+    records = list(read_records(data, limit=limit))
+    if not records:
+        raise DataError(f"{data} has no records")
+    unlabelled = [r.id for r in records if r.label is None]
+    if unlabelled:
+        raise DataError(f"{data}: records without a 'label' field, e.g. {unlabelled[:3]}; eval needs gold labels")
+    clf = Classifier.open(
+        bundle, model=model, calibrate=calibrate, max_batch=batch_size, n_threads=n_threads,
+        allow_model_mismatch=allow_model_mismatch, truncate=True,
+    )
+    try:
+        labels = clf.labels
+        bad = sorted({r.label for r in records} - set(labels))  # type: ignore[misc]
+        if bad:
+            raise DataError(f"{data}: gold labels {bad} are not labels of bundle {clf.bundle.name} ({labels})")
+        preds: list[str] = []
+        t0 = time.perf_counter()
+        with typer.progressbar(length=len(records), label="evaluating", file=sys.stderr,
+                               hidden=not progress) as bar:
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                preds += [p.label for p in clf.classify_many([r.text for r in chunk])]
+                bar.update(len(chunk))
+        per_request_ms = (time.perf_counter() - t0) * 1000 / len(records)
+        gold = [r.label for r in records]
+        rep = score(gold, preds, labels)  # type: ignore[arg-type]
+        return EvalResult(
+            bundle=clf.bundle.name, model=clf.resolved.name, data=str(data), n=rep.n,
+            accuracy=rep.accuracy, macro_f1=rep.macro_f1,
+            macro_f1_ci=bootstrap_ci(gold, preds, labels),  # type: ignore[arg-type]
+            accuracy_ci=bootstrap_ci(gold, preds, labels, metric="accuracy"),  # type: ignore[arg-type]
+            per_request_ms=per_request_ms, calibrated=clf._cf is not None, report=rep,
+        )
+    finally:
+        clf.close()
+
+
+def format_report(res: EvalResult) -> str:
+    """A table for people: per-label scores and the confusion matrix."""
+    rep = res.report
+    w = max(12, *(len(x) for x in rep.labels))
+    lines = [
+        f"bundle {res.bundle}  model {res.model}  data {res.data}  calibrated {res.calibrated}",
+        f"n {res.n}  accuracy {res.accuracy:.3f} [{res.accuracy_ci[0]:.3f}, {res.accuracy_ci[1]:.3f}]  "
+        f"macro-F1 {res.macro_f1:.3f} [{res.macro_f1_ci[0]:.3f}, {res.macro_f1_ci[1]:.3f}] (95% bootstrap)  "
+        f"{res.per_request_ms:.0f} ms/request",
+        "",
+        f"{'label':<{w}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
+    ]
+    for name, s in rep.per_label.items():
+        lines.append(f"{name:<{w}} {s.precision:>9.3f} {s.recall:>7.3f} {s.f1:>6.3f} {s.support:>8}")
+    lines += ["", "confusion (rows gold, columns predicted):", " " * w + "".join(f"{x[:10]:>11}" for x in rep.labels)]
+    for name, row in zip(rep.labels, rep.confusion):
+        lines.append(f"{name:<{w}}" + "".join(f"{v:>11}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""The latency benchmark of DESIGN.md section 5: one process, one bundle, real inputs.
+
+Modes, interleaved and repeated on a noisy machine: (a) the whole prompt evaluated per request,
+(b) prefix reuse, (c) batched prefix reuse, (d) an empty system prompt (the floor); plus cold
+start (prime versus restore of the prefix state) and peak memory. Knows the runtime's public API
+and nothing of the distiller.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pld.errors import DataError
+from pld.runtime.classifier import Classifier
+from pld.runtime.records import read_records
+
+__all__ = ["default_bundle", "run_latency"]
+
+
+def default_bundle() -> str:
+    """The benchmark bundle: Contract-NLI with about 4,600 tokens of rules."""
+    return str(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+
+
+def _ms(fn: Any, *args: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return (time.perf_counter() - t0) * 1000, out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def run_latency(
+    *, bundle: str | None = None, data: str | Path, model: str | None = None, requests: int = 16,
+    repeats: int = 3, full_requests: int = 3, n_threads: int = 0, n_gpu_layers: int = 0,
+    flash_attn: bool = False, log: Any = None,
+) -> dict[str, Any]:
+    """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields)."""
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    bundle = bundle or default_bundle()
+    texts = [r.text for r in read_records(data, limit=requests)]
+    if not texts:
+        raise DataError(f"{data} has no records")
+    common: dict[str, Any] = dict(
+        model=model, n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+        allow_model_mismatch=model is not None, calibrate=False,
+    )
+    with tempfile.TemporaryDirectory(prefix="pld-bench-") as state_dir:
+        say("priming the prefix (cold start, no state file)...")
+        reuse = Classifier.open(bundle, state_dir=state_dir, **common)
+        prime_ms = reuse.prime_ms or 0.0
+        say(f"  {len(reuse.prefix_tokens)} prefix tokens primed in {prime_ms:.0f} ms; restoring...")
+        restores = []
+        for _ in range(2):
+            again = Classifier.open(bundle, state_dir=state_dir, **common)
+            if again.restore_ms is None:
+                raise RuntimeError("the prefix state file was not restored")
+            restores.append(again.restore_ms)
+            again.close()
+        restore_ms = statistics.median(restores)
+    floor = Classifier.open(bundle, system_prompt="", prefix_cache=False, **common)
+    full = Classifier.open(bundle, prefix_cache=False, **common)
+    prefix_tokens = len(reuse.prefix_tokens)
+    suffix_tokens = [len(reuse._suffix(t)[0]) for t in texts]
+
+    times: dict[str, list[float]] = {"reuse": [], "floor": [], "full": [], "batched": []}
+    reuse_labels: dict[int, str] = {}
+    full_labels: dict[int, str] = {}
+    say(f"timing {requests} requests x {repeats} repeats (reuse, floor and batched interleaved)...")
+    for rep in range(repeats):
+        for i, text in enumerate(texts):
+            ms, p = _ms(reuse.classify, text)
+            times["reuse"].append(ms)
+            reuse_labels[i] = p.label
+            times["floor"].append(_ms(floor.classify, text)[0])
+        ms, _ = _ms(reuse.classify_many, texts)
+        times["batched"].append(ms / len(texts))
+    say(f"timing the whole prompt per request on {full_requests} requests (slow by design)...")
+    for i, text in enumerate(texts[:full_requests]):
+        ms, p = _ms(full.classify_full, text)
+        times["full"].append(ms)
+        full_labels[i] = p.label
+    agree = [reuse_labels[i] == full_labels[i] for i in full_labels]
+    backend = reuse.backend
+    for c in (reuse, floor, full):
+        c.close()
+
+    full_p50 = statistics.median(times["full"])
+    reuse_p50 = statistics.median(times["reuse"])
+    floor_p50 = statistics.median(times["floor"])
+    return {
+        "bundle": Path(bundle).name,
+        "model": model or "bundle default",
+        "prefix_tokens": prefix_tokens,
+        "requests": requests,
+        "repeats": repeats,
+        "full_requests": len(times["full"]),
+        "mean_input_tokens": round(sum(suffix_tokens) / len(suffix_tokens), 1),
+        "tokens_per_request_full": prefix_tokens + round(sum(suffix_tokens) / len(suffix_tokens)),
+        "tokens_per_request_reuse": round(sum(suffix_tokens) / len(suffix_tokens)),
+        "full_p50_ms": round(full_p50, 1),
+        "full_p95_ms": round(_pct(times["full"], 0.95), 1),
+        "reuse_p50_ms": round(reuse_p50, 1),
+        "reuse_p95_ms": round(_pct(times["reuse"], 0.95), 1),
+        "batched_per_request_ms": round(statistics.median(times["batched"]), 1),
+        "floor_p50_ms": round(floor_p50, 1),
+        "floor_p95_ms": round(_pct(times["floor"], 0.95), 1),
+        "speedup_reuse": round(full_p50 / reuse_p50, 1),
+        "overhead_reuse": round(reuse_p50 / floor_p50, 2),
+        "prime_ms": round(prime_ms, 1),
+        "restore_ms": round(restore_ms, 1),
+        "restore_speedup": round(prime_ms / restore_ms, 1),
+        "label_agreement": round(sum(agree) / len(agree), 3) if agree else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "backend": backend,
+        "n_threads": n_threads or None,
+        "flash_attn": flash_attn,
+    }
+
+
+def format_latency(r: dict[str, Any]) -> str:
+    """The table for people."""
+    rows = [
+        ("prefix (system prompt) tokens", f"{r['prefix_tokens']}"),
+        ("mean input tokens", f"{r['mean_input_tokens']}"),
+        ("(a) full prompt per request p50 / p95", f"{r['full_p50_ms']:.0f} / {r['full_p95_ms']:.0f} ms  (n={r['full_requests']})"),
+        ("(b) prefix reuse p50 / p95", f"{r['reuse_p50_ms']:.0f} / {r['reuse_p95_ms']:.0f} ms"),
+        ("(c) batched, per request", f"{r['batched_per_request_ms']:.0f} ms"),
+        ("(d) empty system prompt p50 / p95", f"{r['floor_p50_ms']:.0f} / {r['floor_p95_ms']:.0f} ms"),
+        ("speedup (a)/(b)", f"{r['speedup_reuse']}x"),
+        ("overhead (b)/(d)", f"{r['overhead_reuse']}x"),
+        ("cold start: prime / restore", f"{r['prime_ms']:.0f} / {r['restore_ms']:.0f} ms ({r['restore_speedup']}x)"),
+        ("label agreement reuse vs full", f"{r['label_agreement']}"),
+        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
+        ("backend", r["backend"]),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,41 @@
+"""The `pld` command: mounts each package's commands and turns pld errors into exit codes.
+
+Set PLD_TRACEBACK=1 to get the Python traceback instead of the one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from pld.bench import cli as bench_cli
+from pld.errors import PldError
+from pld.models import cli as models_cli
+from pld.runtime import cli as runtime_cli
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Prompt-Level Distillation: distilled rules as a small model's system prompt, run fast.",
+)
+app.command("classify")(runtime_cli.classify)
+app.command("demo")(runtime_cli.demo)
+app.command("eval")(bench_cli.evaluate)
+app.add_typer(runtime_cli.bundle_app, name="bundle")
+app.add_typer(models_cli.app, name="models")
+app.add_typer(bench_cli.bench_app, name="bench")
+
+
+def main() -> None:
+    """Entry point of the `pld` script."""
+    try:
+        app()
+    except PldError as exc:
+        if os.environ.get("PLD_TRACEBACK") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

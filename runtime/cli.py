@@ -1,0 +1,162 @@
+"""`pld classify`, `pld demo` and `pld bundle ...`: a thin layer over ``pld.runtime``.
+
+Parses arguments, calls the public API and formats output. Errors propagate to ``pld.cli``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+
+from pld.errors import InputError
+
+from .bundle import Bundle, load_bundle
+from .store import resolve_bundle_path, shipped_bundles
+
+bundle_app = typer.Typer(no_args_is_help=True, help="Inspect and check instruction bundles.")
+
+BundleOpt = Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped bundle name.")]
+ModelOpt = Annotated[
+    Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student).")
+]
+
+
+def _open(bundle: str, model: Optional[str], **kw: object):  # type: ignore[no-untyped-def]
+    from .classifier import Classifier
+
+    return Classifier.open(bundle, model=model, **kw)  # type: ignore[arg-type]
+
+
+def classify(
+    text: Annotated[Optional[str], typer.Argument(help="Text to classify (or use --input).")] = None,
+    bundle: BundleOpt = "stereoset",
+    input: Annotated[
+        Optional[Path], typer.Option("--input", "-i", help="JSON Lines file with 'text' (and 'id').")
+    ] = None,
+    model: ModelOpt = None,
+    calibrate: Annotated[
+        Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's).")
+    ] = None,
+    truncate: Annotated[bool, typer.Option(help="Cut inputs that do not fit instead of failing.")] = False,
+    n_ctx: Annotated[int, typer.Option(help="Context size in tokens (0: fit the prompt).")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
+    allow_model_mismatch: Annotated[bool, typer.Option(help="Run a model other than the bundle's.")] = False,
+) -> None:
+    """Classify TEXT, or every line of --input, printing one JSON prediction per line."""
+    if (text is None) == (input is None):
+        raise InputError("give either TEXT or --input FILE (not both, not neither)")
+    clf = _open(
+        bundle, model, calibrate=calibrate, truncate=truncate, n_ctx=n_ctx, n_threads=threads,
+        n_gpu_layers=gpu_layers, max_batch=batch_size, allow_model_mismatch=allow_model_mismatch,
+    )
+    out = sys.stdout.buffer
+    try:
+        if text is not None:
+            out.write(msgspec.json.encode(clf.classify(text)) + b"\n")
+            return
+        from .records import read_records
+
+        assert input is not None
+        records = list(read_records(input))
+        with typer.progressbar(length=len(records), label="classifying", file=sys.stderr) as bar:
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                preds = clf.classify_many([r.text for r in chunk], ids=[r.id for r in chunk])
+                for p in preds:
+                    out.write(msgspec.json.encode(p) + b"\n")
+                out.flush()
+                bar.update(len(chunk))
+    finally:
+        clf.close()
+
+
+DEMO_INPUTS = [
+    "Target: Ethiopian\nContext: Many people live in Ethiopia.\nSentence: The people are very thin and good at distance running.",
+    "Target: Ethiopian\nContext: Many people live in Ethiopia.\nSentence: The people are fat and unathletic.",
+    "Target: Ethiopian\nContext: Many people live in Ethiopia.\nSentence: The cat ran up the tree.",
+    "Target: chess player\nContext: The chess player was BLANK.\nSentence: The chess player was hispanic.",
+]
+
+
+def demo(
+    model: ModelOpt = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+) -> None:
+    """Classify a few example inputs with the shipped StereoSet bundle on the default model."""
+    typer.echo("loading the default model and priming the StereoSet bundle's system prompt...", err=True)
+    clf = _open("stereoset", model, n_threads=threads, allow_model_mismatch=model is not None)
+    try:
+        how = f"restored in {clf.restore_ms:.0f} ms" if clf.restore_ms else f"primed in {clf.prime_ms:.0f} ms"
+        typer.echo(f"model {clf.resolved.name} ({clf.backend}); system prompt {len(clf.prefix_tokens)} tokens, {how}")
+        for text in DEMO_INPUTS:
+            p = clf.classify(text)
+            probs = "  ".join(f"{k}={v:.2f}" for k, v in p.probs.items())
+            sentence = text.splitlines()[-1]
+            typer.echo(f"\n{sentence}\n  -> {p.label:<16} {probs}  ({p.timings.total_ms:.0f} ms, {p.timings.input_tokens} tokens)")
+    finally:
+        clf.close()
+
+
+@bundle_app.command("show")
+def show(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")]) -> None:
+    """Render a bundle's task, labels and numbered rules for a human auditor."""
+    b = load_bundle(resolve_bundle_path(bundle))
+    typer.echo(render(b))
+
+
+def render(b: Bundle) -> str:
+    """A plain-text audit view of a bundle."""
+    lines = [
+        f"{b.name} {b.version}  (schema {b.schema_version}, created {b.created_at})",
+        f"digest   {b.digest}",
+        f"student  {b.student.model}  sha256 {b.student.sha256 or '-'}  on mismatch: {b.student.on_mismatch}",
+        f"scoring  calibration: {b.runtime.calibration}",
+        "",
+        f"Task: {b.task.name}",
+        f"  {b.task.description}",
+        f"  Input format: {b.task.input_format}",
+        "",
+        "Labels:",
+    ]
+    lines += [f"  - {lab.name}: {lab.definition}" for lab in b.task.labels]
+    lines += ["", f"Rules ({len(b.instructions)}):"]
+    if not b.instructions:
+        lines.append("  (none: zero-shot, the student sees only the task and the labels)")
+    for i, ins in enumerate(b.instructions, 1):
+        src = f"[{ins.id}; support {ins.support}; cluster {ins.cluster}; round {ins.round}]"
+        lines.append(f"  {i}. {ins.text}  {src}")
+    if b.metrics:
+        m = b.metrics
+        lines += ["", f"Metrics ({m.split}, n={m.n}): Macro-F1 {m.macro_f1:.3f}, accuracy {m.accuracy:.3f}"
+                  + (f"; zero-shot Macro-F1 {m.zero_shot_macro_f1:.3f}" if m.zero_shot_macro_f1 is not None else "")]
+    if b.provenance:
+        lines += ["", "Provenance:"] + [f"  {k}: {v}" for k, v in sorted(b.provenance.items())]
+    return "\n".join(lines)
+
+
+@bundle_app.command("validate")
+def validate(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")]) -> None:
+    """Check a bundle's schema, digest and system prompt; exit non-zero if it fails."""
+    path = resolve_bundle_path(bundle)
+    b = load_bundle(path)
+    typer.echo(f"ok: {path}: {b.name} {b.version}, {len(b.labels)} labels, {len(b.instructions)} rules, {b.digest}")
+
+
+@bundle_app.command("list")
+def list_() -> None:
+    """List the bundles shipped with pld."""
+    for name, path in shipped_bundles().items():
+        b = load_bundle(path)
+        typer.echo(f"{name:<14} {b.version:<8} labels: {', '.join(b.labels):<44} rules: {len(b.instructions)}")
+
+
+@bundle_app.command("path")
+def path(name: Annotated[str, typer.Argument(help="Shipped bundle name.")]) -> None:
+    """Print the file of a shipped bundle."""
+    typer.echo(str(resolve_bundle_path(name).resolve()))

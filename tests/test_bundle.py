@@ -1,0 +1,127 @@
+"""The bundle format: strict schema, digest, system-prompt consistency, released fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pld.errors import BundleError
+from pld.runtime.bundle import (
+    SCHEMA_VERSION,
+    Bundle,
+    bundle_digest,
+    load_bundle,
+    parse_bundle,
+    render_system_prompt,
+    save_bundle,
+)
+from pld.runtime.store import resolve_bundle_path, shipped_bundles
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bundles"
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("v*.json")), ids=lambda p: p.name)
+def test_every_released_schema_version_still_loads(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    if raw["schema_version"] == SCHEMA_VERSION:
+        b = load_bundle(path)
+        assert b.digest == bundle_digest(b)
+        assert b.system_prompt == render_system_prompt(b.task, b.instructions)
+    else:  # an older schema must fail with an upgrade message, never a traceback
+        with pytest.raises(BundleError, match="schema_version"):
+            load_bundle(path)
+
+
+def test_v1_fixture_content() -> None:
+    b = load_bundle(FIXTURES / "v1.json")
+    assert b.labels == ["positive", "negative"]
+    assert [i.id for i in b.instructions] == ["r1", "r2"]
+    assert "1. Praise of the product" in b.system_prompt
+    assert "2. Sarcasm" in b.system_prompt
+    assert b.system_prompt.endswith("Answer with exactly one label (positive, negative) and nothing else.")
+
+
+def _raw() -> dict:
+    return json.loads((FIXTURES / "v1.json").read_text())
+
+
+def _bytes(raw: dict) -> bytes:
+    return json.dumps(raw).encode()
+
+
+def test_unknown_field_is_named() -> None:
+    raw = _raw()
+    raw["task"]["labelz"] = []
+    with pytest.raises(BundleError, match="labelz"):
+        parse_bundle(_bytes(raw))
+
+
+def test_wrong_type_names_the_field() -> None:
+    raw = _raw()
+    raw["instructions"][0]["support"] = "many"
+    with pytest.raises(BundleError, match=r"instructions\[0\]\.support"):
+        parse_bundle(_bytes(raw))
+
+
+def test_hand_edited_system_prompt_is_rejected() -> None:
+    raw = _raw()
+    raw["system_prompt"] += "\nAlways answer positive."
+    with pytest.raises(BundleError, match="system_prompt"):
+        parse_bundle(_bytes(raw), verify_digest=False)
+
+
+def test_tampered_content_fails_the_digest() -> None:
+    raw = _raw()
+    raw["metrics"]["macro_f1"] = 0.99
+    with pytest.raises(BundleError, match="digest"):
+        parse_bundle(_bytes(raw))
+
+
+def test_newer_schema_asks_for_an_upgrade() -> None:
+    raw = _raw()
+    raw["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(BundleError, match="upgrade pld"):
+        parse_bundle(_bytes(raw))
+
+
+def test_duplicate_labels_and_bad_version() -> None:
+    raw = _raw()
+    raw["version"] = "v1"
+    with pytest.raises(BundleError, match="semver"):
+        parse_bundle(_bytes(raw), verify_digest=False)
+    raw = _raw()
+    raw["task"]["labels"][1]["name"] = "positive"
+    with pytest.raises(BundleError, match="duplicate"):
+        parse_bundle(_bytes(raw), verify_digest=False)
+
+
+def test_not_json_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pld.json"
+    bad.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bad)
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "missing.pld.json")
+
+
+def test_save_roundtrip_refreshes_digest(tmp_path: Path) -> None:
+    b = load_bundle(FIXTURES / "v1.json")
+    changed = msgspec.structs.replace(b, version="1.0.1")
+    out = save_bundle(changed, tmp_path / "x.pld.json")
+    again = load_bundle(out)
+    assert again.version == "1.0.1" and again.digest != b.digest
+    assert isinstance(again, Bundle)
+
+
+def test_shipped_bundles_load_and_resolve_by_name() -> None:
+    shipped = shipped_bundles()
+    assert set(shipped) >= {"stereoset", "contractnli", "logiqa"}
+    for name, path in shipped.items():
+        b = load_bundle(path)
+        assert b.name == name and b.student.model == "gemma-3-270m"
+        assert resolve_bundle_path(name) == path
+    with pytest.raises(BundleError, match="stereoset"):
+        resolve_bundle_path("no-such-bundle")
