@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import msgspec
 import typer
@@ -20,15 +20,16 @@ def _default_data(rel: str) -> Path:
 def evaluate(
     bundle: Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped name.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N records.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
-    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting.")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
     allow_model_mismatch: Annotated[bool, typer.Option(help="Run a model other than the bundle's.")] = False,
 ) -> None:
     """Accuracy, Macro-F1, per-label scores and confusion matrix of a bundle on a split."""
-    from .evaluate import evaluate as run, format_report
+    from .evaluate import evaluate as run
+    from .evaluate import format_report
 
     res = run(bundle, data, limit=limit, model=model, calibrate=calibrate, batch_size=batch_size,
               n_threads=threads, allow_model_mismatch=allow_model_mismatch or model is not None)
@@ -40,9 +41,9 @@ def evaluate(
 
 @bench_app.command("latency")
 def latency(
-    bundle: Annotated[Optional[str], typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
+    bundle: Annotated[str | None, typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
     requests: Annotated[int, typer.Option(help="Distinct inputs timed per repeat.")] = 16,
     repeats: Annotated[int, typer.Option(help="Interleaved repeats of the reuse/floor/batched modes.")] = 3,
     full_requests: Annotated[int, typer.Option(help="Requests timed with the whole prompt (slow).")] = 3,

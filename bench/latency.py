@@ -17,8 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from pld.errors import DataError
 from pld.runtime.classifier import Classifier
 from pld.runtime.records import read_records
@@ -79,7 +77,7 @@ def run_latency(
     reuse_labels: dict[int, str] = {}
     full_labels: dict[int, str] = {}
     say(f"timing {requests} requests x {repeats} repeats (reuse, floor and batched interleaved)...")
-    for rep in range(repeats):
+    for _ in range(repeats):
         for i, text in enumerate(texts):
             ms, p = _ms(reuse.classify, text)
             times["reuse"].append(ms)

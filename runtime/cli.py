@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import msgspec
 import typer
@@ -21,25 +21,25 @@ bundle_app = typer.Typer(no_args_is_help=True, help="Inspect and check instructi
 
 BundleOpt = Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped bundle name.")]
 ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student).")
+    str | None, typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student).")
 ]
 
 
-def _open(bundle: str, model: Optional[str], **kw: object):  # type: ignore[no-untyped-def]
+def _open(bundle: str, model: str | None, **kw: object):  # type: ignore[no-untyped-def]
     from .classifier import Classifier
 
     return Classifier.open(bundle, model=model, **kw)  # type: ignore[arg-type]
 
 
 def classify(
-    text: Annotated[Optional[str], typer.Argument(help="Text to classify (or use --input).")] = None,
+    text: Annotated[str | None, typer.Argument(help="Text to classify (or use --input).")] = None,
     bundle: BundleOpt = "stereoset",
     input: Annotated[
-        Optional[Path], typer.Option("--input", "-i", help="JSON Lines file with 'text' (and 'id').")
+        Path | None, typer.Option("--input", "-i", help="JSON Lines file with 'text' (and 'id').")
     ] = None,
     model: ModelOpt = None,
     calibrate: Annotated[
-        Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's).")
+        bool | None, typer.Option("--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's).")
     ] = None,
     truncate: Annotated[bool, typer.Option(help="Cut inputs that do not fit instead of failing.")] = False,
     n_ctx: Annotated[int, typer.Option(help="Context size in tokens (0: fit the prompt).")] = 0,

@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-
 from conftest import records
+
 from pld.errors import BundleError, ContextOverflowError, InputError, ModelMismatchError
 from pld.runtime import Classifier, load_bundle, shipped_bundles
 from pld.runtime.bundle import Bundle, Label, Student, Task

@@ -1,0 +1,84 @@
+"""The CLI in-process (typer's runner) and once as a subprocess, the way a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA, records
+from typer.testing import CliRunner
+
+from pld.cli import app
+from pld.errors import BundleError, InputError
+
+runner = CliRunner()
+
+
+def test_bundle_commands() -> None:
+    out = runner.invoke(app, ["bundle", "list"])
+    assert out.exit_code == 0 and "stereoset" in out.stdout and "logiqa" in out.stdout
+    out = runner.invoke(app, ["bundle", "path", "contractnli"])
+    assert out.exit_code == 0 and Path(out.stdout.strip()).is_file()
+    out = runner.invoke(app, ["bundle", "show", "stereoset"])
+    assert out.exit_code == 0
+    assert "- anti-stereotype:" in out.stdout and "Rules (0)" in out.stdout
+    out = runner.invoke(app, ["bundle", "validate", "logiqa"])
+    assert out.exit_code == 0 and out.stdout.startswith("ok:")
+
+
+def test_show_numbers_rules_for_auditors() -> None:
+    fixture = Path(__file__).parent / "fixtures" / "bundles" / "v1.json"
+    out = runner.invoke(app, ["bundle", "show", str(fixture)])
+    assert "  1. Praise of the product" in out.stdout and "support 7" in out.stdout
+
+
+def test_errors_reach_the_caller() -> None:
+    out = runner.invoke(app, ["bundle", "validate", "nope"])
+    assert isinstance(out.exception, BundleError)
+    out = runner.invoke(app, ["classify", "--bundle", "stereoset"])
+    assert isinstance(out.exception, InputError)
+
+
+@pytest.mark.model
+def test_classify_input_file_writes_json_lines(tmp_path: Path) -> None:
+    recs = records("stereoset", n=5)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in recs))
+    out = runner.invoke(app, ["classify", "--bundle", "stereoset", "--input", str(src)])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    assert [x["id"] for x in lines] == [r["id"] for r in recs]
+    for x in lines:
+        assert x["label"] in x["probs"] and abs(sum(x["probs"].values()) - 1) < 1e-6
+
+
+@pytest.mark.model
+def test_eval_prints_json_last(tmp_path: Path) -> None:
+    data = DATA / "stereoset" / "dev.jsonl"
+    out = runner.invoke(app, ["eval", "--bundle", "stereoset", "--data", str(data), "--limit", "6"])
+    assert out.exit_code == 0, out.output
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["n"] == 6 and {"accuracy", "macro_f1", "per_request_ms", "calibrated"} <= set(last)
+    assert "confusion" in out.stdout
+
+
+@pytest.mark.model
+def test_subprocess_as_a_user_types_it(tmp_path: Path) -> None:
+    pld = [sys.executable, "-c", "from pld.cli import main; main()"]
+    env = dict(os.environ)
+    ok = subprocess.run(pld + ["classify", "--bundle", "stereoset",
+                               "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring."],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    pred = json.loads(ok.stdout)
+    assert pred["label"] in ("stereotype", "anti-stereotype", "unrelated") and pred["calibrated"] is True
+    bad = tmp_path / "bad.pld.json"
+    bad.write_text('{"schema_version": 1, "name": "x"}')
+    err = subprocess.run(pld + ["bundle", "validate", str(bad)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert err.returncode == 2
+    assert err.stderr.startswith("error: bundle") and "Traceback" not in err.stderr
