@@ -21,7 +21,7 @@ from pld import models
 from pld.errors import ContextOverflowError, InputError, ModelMismatchError
 
 from .bundle import Bundle, load_bundle
-from .engine import Engine, EngineConfig, Model
+from .engine import Engine, EngineConfig, Model, label_room
 from .prefix_cache import PrefixStateStore, state_key
 from .store import resolve_bundle_path
 from .template import CHAT_FORMATS, ChatFormat, Segment
@@ -239,7 +239,7 @@ class Classifier:
 
     def _suffix(self, text: str | bytes) -> tuple[list[int], bool]:
         body = self.model.tokenize(_check_text(text), special=False)
-        room = self.engine.capacity(len(self._tail), self._label_room())
+        room = self.engine.capacity(len(self._tail), label_room(self.label_tokens))
         room = min(room, self.engine.config.max_input_tokens - len(self._tail))
         if len(body) > room:
             if not self.truncate:
@@ -251,11 +251,6 @@ class Classifier:
                 )
             return body[: max(room, 0)] + self._tail, True
         return body + self._tail, False
-
-    def _label_room(self) -> int:
-        if len({t[0] for t in self.label_tokens}) == len(self.label_tokens):
-            return 0
-        return len(self.labels) * (max(map(len, self.label_tokens)) - 1)
 
     def _predict(
         self, logp: npt.NDArray[np.float64], timings: Timings, id_: str | None, truncated: bool

@@ -159,6 +159,17 @@ class _Batch:
         self.L.llama_batch_free(self.raw)
 
 
+def label_room(labels: Sequence[Sequence[int]]) -> int:
+    """KV cells one request needs beyond its suffix to score ``labels``.
+
+    0 when every label's first token differs (one forward step decides); otherwise every label
+    gets a lane that is fed its tokens but the last, teacher-forced.
+    """
+    if len({lab[0] for lab in labels}) == len(labels):
+        return 0
+    return len(labels) * (max(len(lab) for lab in labels) - 1)
+
+
 class Engine:
     """A llama.cpp context with a primed prefix in sequence 0; thread-safe (one lock)."""
 
@@ -290,8 +301,7 @@ class Engine:
         by the matmul kernels and label probabilities move by up to ~0.06 on Gemma-3 270M.)
         """
         with self.lock:
-            extra = 0 if len({lab[0] for lab in labels}) == len(labels) else max(map(len, labels))
-            self._check_fits(len(prefix), len(suffix), what="the prompt", extra=extra)
+            self._check_fits(len(prefix), len(suffix), what="the prompt", extra=label_room(labels))
             self._L.llama_memory_clear(self.mem, True)
             self.prefix = []
             self._decode_run(list(prefix), 0, [0], want_last=False)
@@ -308,11 +318,11 @@ class Engine:
         seq_base: int = 1,
     ) -> npt.NDArray[np.float64]:
         L, mem = self._L, self.mem
-        first_distinct = len({lab[0] for lab in labels}) == len(labels)
         n_lab = len(labels)
+        extra = label_room(labels)
+        first_distinct = extra == 0
         lane = 1 if first_distinct else n_lab  # sequences per request
-        extra = 0 if first_distinct else max(len(lab) for lab in labels) - 1
-        need = p0 + sum(len(s) + extra * n_lab for s in suffixes)
+        need = p0 + sum(len(s) + extra for s in suffixes)
         if need > self.n_ctx:
             if len(suffixes) > 1:  # split the batch rather than fail
                 half = len(suffixes) // 2
@@ -320,7 +330,7 @@ class Engine:
                     self._score_chunk(suffixes[:half], labels, p0, seq_base),
                     self._score_chunk(suffixes[half:], labels, p0, seq_base),
                 ])
-            self._check_fits(p0, len(suffixes[0]), what="the input", extra=extra * n_lab)
+            self._check_fits(p0, len(suffixes[0]), what="the input", extra=extra)
         seqs = [list(range(seq_base + i * lane, seq_base + (i + 1) * lane)) for i in range(len(suffixes))]
         try:
             if p0:  # every lane but sequence 0 itself sees the prefix through shared cells
@@ -333,11 +343,11 @@ class Engine:
             for group, suf in zip(seqs, suffixes):
                 items += [(t, p0 + j, group, j == len(suf) - 1) for j, t in enumerate(suf)]
             rows = self._decode_items(items)
-            first = [self._logprobs(r) for r in rows]
             self.stats.suffix_tokens_decoded += len(items)
             out = np.empty((len(suffixes), n_lab), dtype=np.float64)
-            for i, lp in enumerate(first):
-                out[i] = [lp[lab[0]] for lab in labels]
+            firsts = [lab[0] for lab in labels]
+            for i, r in enumerate(rows):
+                out[i] = self._logprob(r, firsts)
             if first_distinct:
                 return out
             # phase 2: teacher-forced continuation of every multi-token label in its own lane
@@ -351,7 +361,7 @@ class Engine:
                 rows = self._decode_items(items)
                 self.stats.suffix_tokens_decoded += len(items)
                 for (i, k, nxt), r in zip(owners, rows):
-                    out[i, k] += self._logprobs(r)[nxt]
+                    out[i, k] += self._logprob(r, [nxt])[0]
             return out
         finally:
             for group in seqs:
@@ -387,10 +397,11 @@ class Engine:
         return rows
 
     @staticmethod
-    def _logprobs(row: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def _logprob(row: npt.NDArray[np.float32], tokens: Sequence[int]) -> npt.NDArray[np.float64]:
+        """log-softmax of ``row`` at ``tokens`` only (no full-vocabulary log-prob array)."""
         x = row.astype(np.float64)
         m = x.max()
-        return x - (m + np.log(np.exp(x - m).sum()))
+        return x[list(tokens)] - (m + np.log(np.exp(x - m).sum()))  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Free the context (the model stays loaded)."""
