@@ -40,7 +40,7 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def evaluate(
     bundle: str, data: str | Path, *, limit: int | None = None, model: str | None = None,
-    calibrate: bool | None = None, batch_size: int = 8, n_threads: int = 0,
+    calibrate: bool | None = None, batch_size: int = 1, n_threads: int = 0,
     allow_model_mismatch: bool = False, progress: bool = True,
 ) -> EvalResult:
     """Classify every record of ``data`` (or the first ``limit``) and score against gold labels."""

@@ -98,9 +98,8 @@ class Classifier:
         self.prefix_tokens = self._tokens(self.format.prefix(system), bos=True)
         self.label_tokens = [model.tokenize(name, special=False) for name in self.labels]
         self._tail = self._tokens([(self.format.turn_end, True)], bos=False)
-        self.engine = Engine(
-            model, config, prefix_len=len(self.prefix_tokens), n_labels=len(self.labels)
-        )
+        lanes = 1 if label_room(self.label_tokens) == 0 else len(self.labels)
+        self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
         self.calibrated = (bundle.runtime.calibration == "contextual") if calibrate is None else calibrate
         self._cf: npt.NDArray[np.float64] | None = None
         self.prime_ms: float | None = None
@@ -118,7 +117,8 @@ class Classifier:
         n_ctx: int = 0,
         n_threads: int = 0,
         n_gpu_layers: int = 0,
-        max_batch: int = 8,
+        max_batch: int = 1,
+        n_batch: int = 512,
         max_input_tokens: int = 2048,
         flash_attn: bool = False,
         calibrate: bool | None = None,
@@ -133,6 +133,8 @@ class Classifier:
         ``model`` overrides the bundle's student (a registry name or a .gguf path). A model file
         whose sha256 differs from the bundle's raises unless ``allow_model_mismatch``.
         ``system_prompt`` replaces the bundle's (benchmarks use "" for the floor).
+        ``max_batch`` 1 (the default) runs requests one at a time on a windowed sliding-window
+        cache, the fastest layout on a CPU; larger values decode that many requests together.
         """
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(resolve_bundle_path(bundle))
@@ -153,6 +155,7 @@ class Classifier:
             n_threads=n_threads,
             n_gpu_layers=n_gpu_layers,
             max_batch=max_batch,
+            n_batch=n_batch,
             max_input_tokens=max_input_tokens,
             flash_attn=flash_attn,
         )

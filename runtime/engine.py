@@ -22,7 +22,9 @@ import numpy.typing as npt
 
 from pld.errors import ContextOverflowError, ModelError
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "Model"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Model", "label_room"]
+
+L_SWA_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: only the sliding-window cache
 
 _LOG_CALLBACK: Any = None
 
@@ -50,12 +52,14 @@ class EngineConfig:
     n_batch: int = 512
     n_threads: int = 0
     n_gpu_layers: int = 0
-    max_batch: int = 8
+    max_batch: int = 1
     max_input_tokens: int = 2048
     # Off by default: measured on Gemma-3 270M (CPU), prefix reuse then matches a from-scratch
     # evaluation bit for bit, while flash attention changes label probabilities by up to 0.08.
     flash_attn: bool = False
-    swa_full: bool = True
+    # None: windowed sliding-window cache when requests run one at a time (see Engine), full-size
+    # otherwise. True forces the full-size cache.
+    swa_full: bool | None = None
 
     def threads(self) -> int:
         """Threads to use: the configured count, or every core."""
@@ -171,11 +175,21 @@ def label_room(labels: Sequence[Sequence[int]]) -> int:
 
 
 class Engine:
-    """A llama.cpp context with a primed prefix in sequence 0; thread-safe (one lock)."""
+    """A llama.cpp context with a primed prefix in sequence 0; thread-safe (one lock).
+
+    Two layouts. *Shared* (``max_batch`` > 1, or labels that need teacher forcing): a full-size
+    sliding-window cache, and each request decodes in its own copy of sequence 0 (cells shared).
+    *Windowed* (one request at a time, labels decided by their first token): the sliding-window
+    layers keep only ~``n_swa`` + ``n_batch`` cells, and a request decodes straight into sequence
+    0 and is cut off again. The cells it overwrites are only those no later position can attend
+    to; a suffix longer than one ubatch could overwrite the prefix's last window, so after such a
+    request a checkpoint of that window is put back. Measured on Gemma-3 270M with a 4,664-token
+    prefix: 1.3x the cost of an empty prompt instead of 2.0x, bit-identical labels and probs.
+    """
 
     def __init__(
         self, model: Model, config: EngineConfig | None = None, *, prefix_len: int = 0,
-        n_labels: int = 1,
+        lanes: int = 1,
     ) -> None:
         L = model._L
         self._L = L
@@ -183,9 +197,12 @@ class Engine:
         self.config = cfg = config or EngineConfig()
         self.lock = threading.RLock()
         self.stats = EngineStats()
-        self.n_labels = max(1, n_labels)
-        # seq 0: prefix; then one block of n_labels sequences per batched request.
-        self.n_seq = 1 + cfg.max_batch * self.n_labels
+        # sequences each request needs: 1 when labels differ in their first token, else one
+        # per label (see label_room)
+        self.n_labels = max(1, lanes)
+        self.windowed = cfg.max_batch == 1 and self.n_labels == 1 and not cfg.swa_full
+        # seq 0: prefix; then (shared layout) one block of lanes per batched request.
+        self.n_seq = 1 if self.windowed else 1 + cfg.max_batch * self.n_labels
         if self.n_seq > 256:
             raise ValueError(f"max_batch x labels = {self.n_seq - 1} sequences; llama.cpp allows 255")
         n_ctx = cfg.n_ctx or prefix_len + cfg.max_input_tokens + 64
@@ -200,9 +217,9 @@ class Engine:
         params.flash_attn_type = (
             L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        # Truncating the KV cache back to the prefix is exact for sliding-window layers only
-        # with a full-size SWA cache; a windowed one silently drops the prefix's tail.
-        params.swa_full = cfg.swa_full
+        # Copies of the prefix pin every sliding-window cell they share, so the shared layout
+        # needs the full-size cache; the windowed layout relies on overwriting masked cells.
+        params.swa_full = not self.windowed
         params.kv_unified = True  # copies of the prefix share cells instead of copying them
         params.no_perf = True
         ctx = L.llama_init_from_model(model.ptr, params)
@@ -216,6 +233,7 @@ class Engine:
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.prefix: list[int] = []
         self._batch = _Batch(L, cfg.n_batch, self.n_labels)
+        self._window: Any = None  # checkpoint of the prefix's sliding-window cells (windowed)
 
     # -- prefix --------------------------------------------------------------------------
 
@@ -228,9 +246,34 @@ class Engine:
             self.prefix = []
             self._decode_run(list(prefix), 0, [0], want_last=False)
             self.prefix = list(prefix)
+            self._checkpoint_window()
             self.stats.prefix_tokens_decoded += len(prefix)
             self.stats.primes += 1
             return (time.perf_counter() - t0) * 1000
+
+    def _checkpoint_window(self) -> None:
+        """Save the prefix's sliding-window cells, then put them straight back.
+
+        Putting them back lays the cells out the same way every time (a restore fills the cache
+        from its start), so a fresh prime, a restored state file and a request after a window
+        restore all attend over identically ordered cells and give bit-identical results.
+        """
+        self._window = None
+        if self.windowed and self.model.n_swa > 0:
+            L, flag = self._L, L_SWA_ONLY
+            size = L.llama_state_seq_get_size_ext(self.ctx, 0, flag)
+            buf = (ctypes.c_uint8 * size)()
+            L.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, flag)
+            self._window = buf
+            self._restore_window()
+
+    def _restore_window(self) -> None:
+        if self._window is not None:
+            n = self._L.llama_state_seq_set_data_ext(
+                self.ctx, self._window, len(self._window), 0, L_SWA_ONLY
+            )
+            if n == 0:
+                raise ModelError("llama.cpp could not restore the prefix's sliding-window cells")
 
     def prefix_state(self) -> bytes:
         """The KV state of the primed prefix (sequence 0), for a prefix-state file."""
@@ -254,6 +297,7 @@ class Engine:
                 L.llama_memory_clear(self.mem, True)
                 return False
             self.prefix = list(prefix)
+            self._checkpoint_window()
             self.stats.restores += 1
             return True
 
@@ -283,10 +327,16 @@ class Engine:
             raise RuntimeError("engine has no primed prefix; call prime() or restore() first")
         out = np.empty((len(suffixes), len(labels)), dtype=np.float64)
         step = self.config.max_batch
+        p0 = len(self.prefix)
         with self.lock:
             for start in range(0, len(suffixes), step):
                 chunk = suffixes[start : start + step]
-                out[start : start + len(chunk)] = self._score_chunk(chunk, labels, len(self.prefix))
+                if self.windowed:
+                    out[start] = self._score_chunk(chunk, labels, p0, seq_base=0)[0]
+                    if len(chunk[0]) > self.config.n_batch:  # later ubatches may have
+                        self._restore_window()  # overwritten the prefix's last window
+                else:
+                    out[start : start + len(chunk)] = self._score_chunk(chunk, labels, p0)
             self.stats.requests += len(suffixes)
         return out
 
@@ -305,6 +355,7 @@ class Engine:
             self._L.llama_memory_clear(self.mem, True)
             self.prefix = []
             self._decode_run(list(prefix), 0, [0], want_last=False)
+            self._checkpoint_window()  # the same cell layout as the reuse path
             self.stats.full_tokens_decoded += len(prefix) + len(suffix)
             row = self._score_chunk([suffix], labels, len(prefix), seq_base=0)
             self._L.llama_memory_clear(self.mem, True)
@@ -366,7 +417,8 @@ class Engine:
         finally:
             for group in seqs:
                 for s in group:
-                    L.llama_memory_seq_rm(mem, s, -1, -1)
+                    # sequence 0 keeps its prefix; copies go entirely
+                    L.llama_memory_seq_rm(mem, s, p0 if s == 0 else -1, -1)
 
     # -- decoding ------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ between requests, restorable from disk and thread-safe. No part of llama.cpp is 
 from __future__ import annotations
 
 import threading
+from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -62,6 +63,31 @@ def test_prefix_reuse_matches_full_evaluation(opened, task: str, k: int, pool: i
     assert worst <= REUSE_TOL, worst
 
 
+@pytest.mark.parametrize("n_batch", [16, 512], ids=["multi-ubatch", "one-ubatch"])
+def test_windowed_cache_stays_exact_across_requests(n_batch: int) -> None:
+    # With n_batch 16 every ~30-token input spans several ubatches, the case where decoding
+    # could overwrite the prefix's last sliding window: the engine must put it back.
+    # The system prompt must outgrow the sliding window (512 + n_batch cells) for cells to be
+    # reused at all: take the first 45 rules of the benchmark bundle (~1,500 tokens).
+    long = load_bundle(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+    b = Bundle.create(name="window", task=long.task, instructions=long.instructions[:45],
+                      student=Student(model="gemma-3-270m"))
+    texts = _shortest("stereoset", 5, 5)
+    kw = dict(calibrate=False, prefix_cache=False, n_batch=n_batch)
+    reuse = Classifier.open(b, **kw)
+    full = Classifier.open(b, **kw)
+    try:
+        assert reuse.engine.windowed and reuse.model.n_swa > 0
+        assert len(reuse.prefix_tokens) > reuse.model.n_swa + n_batch + 256
+        assert max(len(reuse._suffix(t)[0]) for t in texts) > 16
+        got = [reuse.classify(t).probs for t in texts * 2]  # later requests see earlier ones' traces
+        want = [full.classify_full(t).probs for t in texts]
+        assert got == want * 2
+    finally:
+        reuse.close()
+        full.close()
+
+
 def test_prefix_is_evaluated_once(opened) -> None:
     clf = Classifier.open("stereoset", calibrate=False, prefix_cache=False)
     try:
@@ -80,14 +106,18 @@ def test_prefix_is_evaluated_once(opened) -> None:
         clf.close()
 
 
-def test_requests_do_not_affect_each_other(opened) -> None:
-    clf = opened("stereoset", calibrate=False)
+@pytest.mark.parametrize("max_batch", [1, 8], ids=["windowed", "shared"])
+def test_requests_do_not_affect_each_other(opened, max_batch: int) -> None:
+    clf = opened("stereoset", calibrate=False, max_batch=max_batch)
+    assert clf.engine.windowed == (max_batch == 1)
     texts = _shortest("stereoset", 6, 12)
     forward = [clf.classify(t) for t in texts]
     backward = [clf.classify(t) for t in reversed(texts)][::-1]
     for f, b in zip(forward, backward):
         assert f.probs == b.probs  # sequential decoding is bit-for-bit deterministic
     batched = clf.classify_many(texts)
+    if max_batch == 1:
+        assert [b.probs for b in batched] == [f.probs for f in forward]
     for f, b in zip(forward, batched):
         diff = max(abs(f.probs[x] - b.probs[x]) for x in f.probs)
         assert diff <= BATCH_TOL, diff
