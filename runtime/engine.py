@@ -1,9 +1,9 @@
 """The inference engine: one llama.cpp context that evaluates a shared prefix once and then
 scores label continuations for many requests, on the low-level llama.cpp API.
 
-Sequence 0 holds the primed prefix. A request copies it into its own sequence (the KV cells are
-shared, nothing is recomputed), decodes only its suffix, reads one row of logits and is removed
-again. It knows token ids, not bundles, templates or label names.
+Sequence 0 holds the primed prefix. A request decodes only its suffix (straight into sequence 0,
+or into a copy of it when requests are batched), reads one row of logits per label step and is
+removed again. It knows token ids, not bundles, templates or label names.
 """
 
 from __future__ import annotations
