@@ -42,14 +42,14 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class Label(_Strict):
+class Label(_Strict, frozen=True):
     """One answer the student may give, with a one-line definition."""
 
     name: str
     definition: str
 
 
-class Task(_Strict):
+class Task(_Strict, frozen=True):
     """What is classified: a description, the label space and what an input looks like."""
 
     name: str
@@ -58,7 +58,7 @@ class Task(_Strict):
     input_format: str
 
 
-class Instruction(_Strict):
+class Instruction(_Strict, frozen=True):
     """One distilled rule and where it came from: the audit surface of a bundle."""
 
     id: str
@@ -68,7 +68,7 @@ class Instruction(_Strict):
     round: int = 0
 
 
-class Student(_Strict):
+class Student(_Strict, frozen=True):
     """The model the bundle was validated with, and what to do when a device runs another."""
 
     model: str
@@ -76,14 +76,14 @@ class Student(_Strict):
     on_mismatch: Literal["error", "warn"] = "error"
 
 
-class RuntimeSettings(_Strict):
+class RuntimeSettings(_Strict, frozen=True):
     """How the runtime scores labels for this bundle (chosen from measurements on dev data)."""
 
     calibration: Literal["none", "contextual"] = "none"
     content_free_inputs: list[str] = msgspec.field(default_factory=lambda: ["N/A", "", "[MASK]"])
 
 
-class Metrics(_Strict):
+class Metrics(_Strict, frozen=True):
     """Validation results of the student with this bundle and zero-shot."""
 
     n: int
@@ -94,7 +94,7 @@ class Metrics(_Strict):
     split: str = "dev"
 
 
-class Bundle(_Strict):
+class Bundle(_Strict, frozen=True):
     """A versioned, auditable system prompt for one task and one student model."""
 
     schema_version: int

@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from pld import models
+import pld.models as models
 from pld.errors import ContextOverflowError, InputError, ModelMismatchError
 
 from .bundle import Bundle, load_bundle

@@ -359,7 +359,7 @@ class Engine:
             self.stats.full_tokens_decoded += len(prefix) + len(suffix)
             row = self._score_chunk([suffix], labels, len(prefix), seq_base=0)
             self._L.llama_memory_clear(self.mem, True)
-            return row[0]
+            return row[0]  # type: ignore[no-any-return]
 
     def _score_chunk(
         self,
