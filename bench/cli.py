@@ -9,6 +9,8 @@ from typing import Annotated
 import msgspec
 import typer
 
+from .baseline import EXAMPLE_CHARS
+
 bench_app = typer.Typer(no_args_is_help=True, help="Latency benchmarks.")
 
 
@@ -21,18 +23,52 @@ def evaluate(
     bundle: Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped name.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
-    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU).")] = 1,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
+    ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting."),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
+    ] = 1,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    allow_model_mismatch: Annotated[bool, typer.Option(help="Run a model other than the bundle's.")] = False,
+    allow_model_mismatch: Annotated[
+        bool, typer.Option(help="Run a model other than the bundle's.")
+    ] = False,
+    baseline: Annotated[
+        str,
+        typer.Option(
+            help="What to compare the bundle with: 'none' (the bundle as is), 'zero-shot' (its task, "
+            "labels and definitions without the rules) or 'few-shot:K' (zero-shot plus K examples "
+            f"from --train, stratified by label, each cut to {EXAMPLE_CHARS} characters with "
+            "'[...]' in the middle so that long inputs still fit)."
+        ),
+    ] = "none",
+    train: Annotated[
+        Path | None, typer.Option(help="Labelled JSON Lines split to draw few-shot examples from.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the few-shot example draw.")] = 0,
 ) -> None:
-    """Accuracy, Macro-F1, per-label scores and confusion matrix of a bundle on a split."""
+    """Accuracy, Macro-F1, per-label scores and confusion matrix of a bundle (or a baseline) on a split."""
     from .evaluate import evaluate as run
     from .evaluate import format_report
 
-    res = run(bundle, data, limit=limit, model=model, calibrate=calibrate, batch_size=batch_size,
-              n_threads=threads, allow_model_mismatch=allow_model_mismatch or model is not None)
+    res = run(
+        bundle,
+        data,
+        limit=limit,
+        model=model,
+        calibrate=calibrate,
+        batch_size=batch_size,
+        n_threads=threads,
+        allow_model_mismatch=allow_model_mismatch or model is not None,
+        baseline=baseline,
+        train=train,
+        seed=seed,
+    )
     typer.echo(format_report(res))
     summary = {k: v for k, v in msgspec.to_builtins(res).items() if k != "report"}
     summary["per_label"] = msgspec.to_builtins(res.report.per_label)
@@ -41,12 +77,24 @@ def evaluate(
 
 @bench_app.command("latency")
 def latency(
-    bundle: Annotated[str | None, typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")] = None,
+    bundle: Annotated[
+        str | None,
+        typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
+    ] = None,
     requests: Annotated[int, typer.Option(help="Distinct inputs timed per repeat.")] = 16,
-    repeats: Annotated[int, typer.Option(help="Interleaved repeats of the reuse/floor/batched modes.")] = 3,
-    full_requests: Annotated[int, typer.Option(help="Requests timed with the whole prompt (slow).")] = 3,
+    repeats: Annotated[
+        int, typer.Option(help="Interleaved repeats of the reuse/floor/batched modes.")
+    ] = 3,
+    full_requests: Annotated[
+        int, typer.Option(help="Requests timed with the whole prompt (slow).")
+    ] = 3,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
     gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all).")] = 0,
     flash_attn: Annotated[bool, typer.Option(help="Use flash attention.")] = False,
@@ -55,9 +103,17 @@ def latency(
     """Full prompt vs prefix reuse vs batched vs empty prompt; prime vs restore; peak memory."""
     from .latency import format_latency, run_latency
 
-    r = run_latency(bundle=bundle, data=data or _default_data("stereoset/dev.jsonl"), model=model,
-                    requests=requests, repeats=repeats, full_requests=full_requests,
-                    n_threads=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn,
-                    batch_size=batch_size)
+    r = run_latency(
+        bundle=bundle,
+        data=data or _default_data("stereoset/dev.jsonl"),
+        model=model,
+        requests=requests,
+        repeats=repeats,
+        full_requests=full_requests,
+        n_threads=threads,
+        n_gpu_layers=gpu_layers,
+        flash_attn=flash_attn,
+        batch_size=batch_size,
+    )
     typer.echo(format_latency(r))
     typer.echo(msgspec.json.encode(r).decode())

@@ -1,7 +1,8 @@
 """Accuracy of a bundle on a labelled split: the numbers behind `pld eval`.
 
-Runs the runtime's Classifier over JSON Lines records and scores the predictions; knows nothing
-about how the bundle was made.
+Runs the runtime's Classifier over JSON Lines records and scores the predictions, with the
+bundle's own system prompt or a baseline's (``baseline.py``); knows nothing about how the bundle
+was made.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import msgspec
 import typer
 
 from pld.errors import DataError
+from pld.runtime.bundle import load_bundle
 from pld.runtime.classifier import Classifier
 from pld.runtime.records import read_records
+from pld.runtime.store import resolve_bundle_path
 
+from .baseline import EXAMPLE_CHARS, baseline_prompt, parse_baseline
 from .metrics import Report, bootstrap_ci, score
 
 __all__ = ["EvalResult", "evaluate", "format_report"]
 
 
 class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A metrics report plus how it was produced."""
+    """A metrics report plus how it was produced (``baseline`` "none" is the bundle as is)."""
 
     bundle: str
+    baseline: str
     model: str
     data: str
     n: int
@@ -36,33 +41,64 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
     per_request_ms: float
     calibrated: bool
     report: Report
+    train: str | None = None
+    seed: int | None = None
 
 
 def evaluate(
-    bundle: str, data: str | Path, *, limit: int | None = None, model: str | None = None,
-    calibrate: bool | None = None, batch_size: int = 1, n_threads: int = 0,
-    allow_model_mismatch: bool = False, progress: bool = True,
+    bundle: str | Path,
+    data: str | Path,
+    *,
+    limit: int | None = None,
+    model: str | None = None,
+    calibrate: bool | None = None,
+    batch_size: int = 1,
+    n_threads: int = 0,
+    allow_model_mismatch: bool = False,
+    progress: bool = True,
+    baseline: str = "none",
+    train: str | Path | None = None,
+    seed: int = 0,
+    example_chars: int = EXAMPLE_CHARS,
 ) -> EvalResult:
-    """Classify every record of ``data`` (or the first ``limit``) and score against gold labels."""
+    """Classify every record of ``data`` (or the first ``limit``) and score against gold labels.
+
+    ``baseline`` "zero-shot" drops the bundle's rules; "few-shot:K" also shows K examples from
+    ``train`` (drawn with ``seed``, stratified by label, each cut to ``example_chars``).
+    """
+    spec = parse_baseline(baseline)
     records = list(read_records(data, limit=limit))
     if not records:
         raise DataError(f"{data} has no records")
     unlabelled = [r.id for r in records if r.label is None]
     if unlabelled:
-        raise DataError(f"{data}: records without a 'label' field, e.g. {unlabelled[:3]}; eval needs gold labels")
+        raise DataError(
+            f"{data}: records without a 'label' field, e.g. {unlabelled[:3]}; eval needs gold labels"
+        )
+    loaded = load_bundle(resolve_bundle_path(bundle))
+    system = baseline_prompt(loaded, spec, train=train, seed=seed, max_chars=example_chars)
     clf = Classifier.open(
-        bundle, model=model, calibrate=calibrate, max_batch=batch_size, n_threads=n_threads,
-        allow_model_mismatch=allow_model_mismatch, truncate=True,
+        loaded,
+        model=model,
+        calibrate=calibrate,
+        max_batch=batch_size,
+        n_threads=n_threads,
+        allow_model_mismatch=allow_model_mismatch,
+        truncate=True,
+        system_prompt=system,
     )
     try:
         labels = clf.labels
         bad = sorted({r.label for r in records} - set(labels))  # type: ignore[misc]
         if bad:
-            raise DataError(f"{data}: gold labels {bad} are not labels of bundle {clf.bundle.name} ({labels})")
+            raise DataError(
+                f"{data}: gold labels {bad} are not labels of bundle {clf.bundle.name} ({labels})"
+            )
         preds: list[str] = []
         t0 = time.perf_counter()
-        with typer.progressbar(length=len(records), label="evaluating", file=sys.stderr,
-                               hidden=not progress) as bar:
+        with typer.progressbar(
+            length=len(records), label="evaluating", file=sys.stderr, hidden=not progress
+        ) as bar:
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
                 preds += [p.label for p in clf.classify_many([r.text for r in chunk])]
@@ -71,11 +107,20 @@ def evaluate(
         gold = [r.label for r in records]
         rep = score(gold, preds, labels)  # type: ignore[arg-type]
         return EvalResult(
-            bundle=clf.bundle.name, model=clf.resolved.name, data=str(data), n=rep.n,
-            accuracy=rep.accuracy, macro_f1=rep.macro_f1,
+            bundle=clf.bundle.name,
+            baseline=str(spec),
+            model=clf.resolved.name,
+            data=str(data),
+            n=rep.n,
+            accuracy=rep.accuracy,
+            macro_f1=rep.macro_f1,
             macro_f1_ci=bootstrap_ci(gold, preds, labels),  # type: ignore[arg-type]
             accuracy_ci=bootstrap_ci(gold, preds, labels, metric="accuracy"),  # type: ignore[arg-type]
-            per_request_ms=per_request_ms, calibrated=clf._cf is not None, report=rep,
+            per_request_ms=per_request_ms,
+            calibrated=clf._cf is not None,
+            report=rep,
+            train=str(train) if spec.kind == "few-shot" else None,
+            seed=seed if spec.kind == "few-shot" else None,
         )
     finally:
         clf.close()
@@ -85,8 +130,10 @@ def format_report(res: EvalResult) -> str:
     """A table for people: per-label scores and the confusion matrix."""
     rep = res.report
     w = max(12, *(len(x) for x in rep.labels))
+    base = res.baseline + (f" (train {res.train}, seed {res.seed})" if res.train else "")
     lines = [
-        f"bundle {res.bundle}  model {res.model}  data {res.data}  calibrated {res.calibrated}",
+        f"bundle {res.bundle}  baseline {base}  model {res.model}  data {res.data}  "
+        f"calibrated {res.calibrated}",
         f"n {res.n}  accuracy {res.accuracy:.3f} [{res.accuracy_ci[0]:.3f}, {res.accuracy_ci[1]:.3f}]  "
         f"macro-F1 {res.macro_f1:.3f} [{res.macro_f1_ci[0]:.3f}, {res.macro_f1_ci[1]:.3f}] (95% bootstrap)  "
         f"{res.per_request_ms:.0f} ms/request",
@@ -94,8 +141,14 @@ def format_report(res: EvalResult) -> str:
         f"{'label':<{w}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
     ]
     for name, s in rep.per_label.items():
-        lines.append(f"{name:<{w}} {s.precision:>9.3f} {s.recall:>7.3f} {s.f1:>6.3f} {s.support:>8}")
-    lines += ["", "confusion (rows gold, columns predicted):", " " * w + "".join(f"{x[:10]:>11}" for x in rep.labels)]
+        lines.append(
+            f"{name:<{w}} {s.precision:>9.3f} {s.recall:>7.3f} {s.f1:>6.3f} {s.support:>8}"
+        )
+    lines += [
+        "",
+        "confusion (rows gold, columns predicted):",
+        " " * w + "".join(f"{x[:10]:>11}" for x in rep.labels),
+    ]
     for name, row in zip(rep.labels, rep.confusion):
         lines.append(f"{name:<{w}}" + "".join(f"{v:>11}" for v in row))
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,8 +150,14 @@ class Bundle(_Strict, frozen=True):
         return msgspec.structs.replace(draft, digest=bundle_digest(draft))
 
 
-def render_system_prompt(task: Task, instructions: list[Instruction]) -> str:
-    """Render the exact text the student sees: the single source of a bundle's system prompt."""
+def render_system_prompt(
+    task: Task, instructions: list[Instruction], *, examples: Sequence[tuple[str, str]] = ()
+) -> str:
+    """Render the exact text the student sees: the single source of a bundle's system prompt.
+
+    ``examples`` (text, label) pairs are for few-shot baselines; bundles never carry them, and
+    without them the text is unchanged (bundle digests and the consistency check rely on it).
+    """
     names = [label.name for label in task.labels]
     lines = [task.description.strip(), "", "Labels:"]
     lines += [f"- {label.name}: {label.definition.strip()}" for label in task.labels]
@@ -158,6 +165,10 @@ def render_system_prompt(task: Task, instructions: list[Instruction]) -> str:
     if instructions:
         lines += ["", "Rules:"]
         lines += [f"{i}. {ins.text.strip()}" for i, ins in enumerate(instructions, 1)]
+    if examples:
+        lines += ["", "Examples:"]
+        for text, label in examples:
+            lines += ["", text.strip(), f"Answer: {label}"]
     lines += ["", f"Answer with exactly one label ({', '.join(names)}) and nothing else."]
     return "\n".join(lines)
 
