@@ -11,7 +11,7 @@ test *ARGS:
     .venv/bin/python -m pytest {{ARGS}}
 
 lint:
-    .venv/bin/ruff check runtime models bench pld tests
+    .venv/bin/ruff check runtime models bench distiller pld scripts tests
     .venv/bin/mypy runtime
 
 fix:

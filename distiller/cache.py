@@ -24,12 +24,14 @@ Response = dict[str, Any]
 
 
 class CacheStats(msgspec.Struct, kw_only=True, frozen=True):
-    """Counters for one cache: network calls made, hits, and the tokens the calls spent."""
+    """Counters for one cache: network calls made, hits, the tokens the calls spent, and the
+    tokens the hits would have cost (``hit_tokens``, prompt and completion together)."""
 
     calls: int = 0
     hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hit_tokens: int = 0
 
 
 def request_key(request: Mapping[str, Any]) -> str:
@@ -52,6 +54,7 @@ class ResponseCache:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._calls = self._hits = self._prompt_tokens = self._completion_tokens = 0
+        self._hit_tokens = 0
 
     @property
     def stats(self) -> CacheStats:
@@ -62,6 +65,7 @@ class ResponseCache:
                 hits=self._hits,
                 prompt_tokens=self._prompt_tokens,
                 completion_tokens=self._completion_tokens,
+                hit_tokens=self._hit_tokens,
             )
 
     def path(self, key: str) -> Path:
@@ -109,8 +113,11 @@ class ResponseCache:
         try:
             with key_lock:
                 if (hit := self.get(request)) is not None:
+                    usage = hit.get("usage") or {}
                     with self._lock:
                         self._hits += 1
+                        self._hit_tokens += _int(usage.get("prompt_tokens"))
+                        self._hit_tokens += _int(usage.get("completion_tokens"))
                     return hit, True
                 response = call()
                 self.put(request, response)

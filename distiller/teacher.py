@@ -242,14 +242,16 @@ class OpenAITeacher:
                 if progress is not None:
                     progress(done, total)
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        try:
             futures = [pool.submit(run, i) for i in range(total)]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
+            wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:
                 if future.done() and not future.cancelled() and future.exception():
                     raise future.exception()  # type: ignore[misc]
+        finally:
+            # On an error or Ctrl-C, start nothing new; replies already received are cached.
+            pool.shutdown(wait=True, cancel_futures=True)
         return [r for r in results if r is not None]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from pld.bench import cli as bench_cli
+from pld.distiller import cli as distiller_cli
 from pld.errors import PldError
 from pld.models import cli as models_cli
 from pld.runtime import cli as runtime_cli
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command("classify")(runtime_cli.classify)
 app.command("demo")(runtime_cli.demo)
 app.command("eval")(bench_cli.evaluate)
+app.command("distill")(distiller_cli.distill)
 app.add_typer(runtime_cli.bundle_app, name="bundle")
 app.add_typer(models_cli.app, name="models")
 app.add_typer(bench_cli.bench_app, name="bench")

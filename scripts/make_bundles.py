@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pld.runtime.bundle import Bundle, Instruction, Label, RuntimeSettings, Student, Task, save_bundle
+from pld.runtime.bundle import (
+    Bundle,
+    Instruction,
+    Label,
+    RuntimeSettings,
+    Student,
+    Task,
+    save_bundle,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GEMMA_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

@@ -12,23 +12,20 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from servers import Reply, ScriptedServer, chat_body, free_port
 
 from pld.distiller.cache import ResponseCache, request_key
 from pld.distiller.teacher import (
@@ -48,74 +45,6 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 class Rule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     rationale: str
     rule: str
-
-
-# ---- the scripted server -----------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-def chat_body(text: str, prompt_tokens: int = 7, completion_tokens: int = 3) -> dict[str, Any]:
-    return {
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-    }
-
-
-class ScriptedServer:
-    """Replays queued replies in order (HTTP 500 when the queue is empty) and logs requests."""
-
-    def __init__(self) -> None:
-        self.queue: deque[Reply] = deque()
-        self.log: list[dict[str, Any]] = []
-        self.responder: Callable[[Any], Reply] | None = None  # replaces the queue when set
-        script = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
-                script.log.append({"path": self.path, "body": body, "headers": dict(self.headers)})
-                if script.responder is not None:
-                    reply = script.responder(body)
-                else:
-                    reply = (
-                        script.queue.popleft() if script.queue else Reply(500, {"error": "empty"})
-                    )
-                time.sleep(reply.delay)
-                payload = (
-                    reply.body.encode()
-                    if isinstance(reply.body, str)
-                    else json.dumps(reply.body).encode()
-                )
-                try:
-                    self.send_response(reply.status)
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up on a slow reply
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def push(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
 
 
 @pytest.fixture
@@ -144,12 +73,6 @@ def make_teacher(tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.Mon
     yield make
     for t in teachers:
         t.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- retries and errors ------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Stage 4, the conflict loop: show the synthesis model where the student fails, keep a revised
+rule set only if it raises dev Macro-F1, stop on convergence or after a round limit.
+
+Knows the revise prompt and the acceptance rule; the student and teacher are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import msgspec
+
+from pld.distiller.ask import AskStats, Teacher, ask_json, prompt
+from pld.distiller.data import Example
+from pld.distiller.extract import task_values
+from pld.distiller.student import Scored, StudentRunner
+from pld.runtime.bundle import Instruction, Task
+
+__all__ = ["Revision", "Round", "conflict_loop"]
+
+
+class RevisedRule(msgspec.Struct, frozen=True):
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+    based_on: list[int] = []
+
+
+class Revision(msgspec.Struct, frozen=True):
+    """The synthesis model's reply: the whole revised rule list."""
+
+    rules: Annotated[list[RevisedRule], msgspec.Meta(min_length=1)]
+
+
+class Round(msgspec.Struct, frozen=True, kw_only=True):
+    """What one round tried and decided."""
+
+    round: int
+    train_errors: int
+    train_n: int
+    dev_macro_f1_before: float
+    dev_macro_f1_after: float | None
+    accepted: bool
+    reason: str
+
+
+def conflict_loop(
+    synthesis: Teacher,
+    student: StudentRunner,
+    task: Task,
+    instructions: list[Instruction],
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    *,
+    dev_score: Scored,
+    max_rounds: int = 2,
+    max_failures: int = 16,
+    max_successes: int = 8,
+    max_rules: int = 40,
+    max_input_chars: int = 3000,
+    max_repairs: int = 2,
+    stats: AskStats | None = None,
+    show_progress: bool = True,
+) -> tuple[list[Instruction], Scored, list[Round]]:
+    """Revise ``instructions`` for up to ``max_rounds`` rounds; returns the best rule set, its
+    dev score and one ``Round`` per round tried. ``dev_score`` is the score of ``instructions``.
+    """
+    best, best_score, rounds = list(instructions), dev_score, []
+    labels = [x.name for x in task.labels]
+    for r in range(1, max_rounds + 1):
+        on_train = student.evaluate(task, best, train, label=f"round {r}: student on train",
+                                    show_progress=show_progress)  # fmt: skip
+        wrong = [(ex, p) for ex, p in zip(train, on_train.predictions) if p != ex.label]
+        right = [(ex, p) for ex, p in zip(train, on_train.predictions) if p == ex.label]
+        before = best_score.macro_f1
+        if not wrong:
+            rounds.append(Round(round=r, train_errors=0, train_n=len(train), dev_macro_f1_before=before,
+                                dev_macro_f1_after=None, accepted=False, reason="no training errors left"))  # fmt: skip
+            break
+        shown_wrong = _spread(wrong, max_failures, labels)
+        shown_right = _spread(right, max_successes, labels)
+        listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
+        failures = "\n\n".join(
+            f"Input:\n{_cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
+            for ex, p in shown_wrong
+        )
+        successes = (
+            "\n\n".join(
+                f"Input:\n{_cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
+                for ex, _ in shown_right
+            )
+            or "(none)"
+        )
+        conversation = [{"role": "user", "content": prompt(
+            "revise", **task_values(task), rules=listing, failures=failures,
+            successes=successes, max_rules=max_rules,
+        )}]  # fmt: skip
+        (reply,) = ask_json(
+            synthesis, [conversation], Revision, label=f"round {r}: revising rules",
+            max_tokens=4096, max_repairs=max_repairs, stats=stats, show_progress=show_progress,
+        )  # fmt: skip
+        if reply is None:
+            rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+                                dev_macro_f1_after=None, accepted=False, reason="no usable revision"))  # fmt: skip
+            break
+        candidate = _revised(best, reply, r, max_rules)
+        scored = student.evaluate(task, candidate, dev, label=f"round {r}: student on dev",
+                                  show_progress=show_progress)  # fmt: skip
+        accepted = scored.macro_f1 > best_score.macro_f1
+        rounds.append(Round(
+            round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+            dev_macro_f1_after=scored.macro_f1, accepted=accepted,
+            reason="dev Macro-F1 improved" if accepted else "dev Macro-F1 did not improve",
+        ))  # fmt: skip
+        if not accepted:
+            break
+        best, best_score = candidate, scored
+    return best, best_score, rounds
+
+
+def _revised(
+    current: list[Instruction], reply: Revision, round_: int, max_rules: int
+) -> list[Instruction]:
+    """Instructions from a revision: support sums the rules each is based on (at least 1); a
+    rule whose text is unchanged keeps its round and cluster.
+    """
+    by_text = {" ".join(x.text.split()): x for x in current}
+    out: list[Instruction] = []
+    for rule in reply.rules[:max_rules]:
+        text = " ".join(rule.text.split())
+        if len(text.split()) < 3 or any(x.text == text for x in out):
+            continue
+        sources = sorted({i for i in rule.based_on if 1 <= i <= len(current)})
+        old = by_text.get(text)
+        support = max(1, sum(current[i - 1].support for i in sources)) if sources else 1
+        out.append(Instruction(
+            id=f"r{len(out) + 1}", text=text,
+            support=old.support if old else support,
+            cluster=old.cluster if old else (current[sources[0] - 1].cluster if len(sources) == 1 else None),
+            round=old.round if old else round_,
+        ))  # fmt: skip
+    return out
+
+
+def _spread(
+    pairs: list[tuple[Example, str]], k: int, labels: list[str]
+) -> list[tuple[Example, str]]:
+    """Up to ``k`` pairs taken round-robin over gold labels, in data order within a label."""
+    queues = {name: [pq for pq in pairs if pq[0].label == name] for name in labels}
+    out: list[tuple[Example, str]] = []
+    while len(out) < k and any(queues.values()):
+        for name in labels:
+            if queues[name] and len(out) < k:
+                out.append(queues[name].pop(0))
+    return out
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " [...]"

@@ -1,0 +1,100 @@
+"""The student in the loop: the runtime's Classifier run over labelled examples.
+
+One model load serves every rule set tried; each rule set gets a fresh context primed with
+its own system prompt. Knows nothing about teachers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from pld import models
+from pld.bench.metrics import score
+from pld.distiller.ask import progress
+from pld.distiller.data import Example
+from pld.runtime.bundle import Bundle, Instruction, RuntimeSettings, Student, Task
+from pld.runtime.classifier import Classifier
+from pld.runtime.engine import EngineConfig, Model
+
+__all__ = ["Scored", "StudentRunner"]
+
+
+class Scored(msgspec.Struct, frozen=True, kw_only=True):
+    """Predictions of one rule set on a split, with their Macro-F1 and accuracy."""
+
+    predictions: list[str]
+    macro_f1: float
+    accuracy: float
+    n: int
+
+
+class StudentRunner:
+    """Runs one student model with any rule set for a task."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        n_threads: int = 0,
+        n_gpu_layers: int = 0,
+        calibration: Literal["none", "contextual"] = "none",
+        max_input_tokens: int = 2048,
+    ) -> None:
+        self.resolved = models.resolve(model)
+        self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
+        self.calibration = calibration
+        self.config = EngineConfig(
+            n_threads=n_threads, n_gpu_layers=n_gpu_layers, max_input_tokens=max_input_tokens
+        )
+
+    def bundle(self, task: Task, instructions: Sequence[Instruction], **fields: object) -> Bundle:
+        """A bundle of this task and rule set for this student."""
+        return Bundle.create(
+            name=task.name,
+            task=task,
+            instructions=list(instructions),
+            student=Student(model=self.resolved.name, sha256=self.resolved.sha256),
+            runtime=RuntimeSettings(calibration=self.calibration),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the student's vocabulary."""
+        return len(self.model.tokenize(text, special=False))
+
+    def evaluate(
+        self,
+        task: Task,
+        instructions: Sequence[Instruction],
+        examples: Sequence[Example],
+        *,
+        label: str,
+        show_progress: bool = True,
+    ) -> Scored:
+        """Classify ``examples`` with the rule set; score against their gold labels."""
+        clf = Classifier(
+            self.bundle(task, instructions), self.model, self.resolved, config=self.config,
+            prefix_cache=False, truncate=True,
+        )  # fmt: skip
+        try:
+            preds: list[str] = []
+            with progress(label, len(examples), show=show_progress) as update:
+                for ex in examples:
+                    preds.append(clf.classify(ex.text).label)
+                    update(len(preds), len(examples))
+        finally:
+            clf.engine.close()
+        rep = score([ex.label for ex in examples], preds, [x.name for x in task.labels])
+        return Scored(predictions=preds, macro_f1=rep.macro_f1, accuracy=rep.accuracy, n=rep.n)
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __enter__(self) -> StudentRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,139 @@
+"""Servers the tests talk to, all on 127.0.0.1.
+
+``ScriptedServer`` replays queued replies: it provokes faults a real server will not produce on
+demand (429 with Retry-After, 5xx, slow or malformed replies). ``LlamaServer`` is the real
+thing: llama-cpp-python's OpenAI-compatible server running a GGUF, stoppable and restartable on
+the same port so that tests can kill it mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def chat_body(text: str, prompt_tokens: int = 7, completion_tokens: int = 3) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+class ScriptedServer:
+    """Replays queued replies in order (HTTP 500 when the queue is empty) and logs requests."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Reply] = deque()
+        self.log: list[dict[str, Any]] = []
+        self.responder: Callable[[Any], Reply] | None = None  # replaces the queue when set
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                script.log.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                if script.responder is not None:
+                    reply = script.responder(body)
+                else:
+                    reply = (
+                        script.queue.popleft() if script.queue else Reply(500, {"error": "empty"})
+                    )
+                time.sleep(reply.delay)
+                payload = (
+                    reply.body.encode()
+                    if isinstance(reply.body, str)
+                    else json.dumps(reply.body).encode()
+                )
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up on a slow reply
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def push(self, *replies: Reply) -> None:
+        self.queue.extend(replies)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """llama-cpp-python's server on 127.0.0.1 (one thread, as the test machine has two cores)."""
+
+    def __init__(
+        self, model: str | Path, log: Path, *, alias: str = "smollm2", n_ctx: int = 4096
+    ) -> None:
+        self.model, self.log, self.alias, self.n_ctx = str(model), log, alias, n_ctx
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", self.model,
+                 "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--n_ctx", str(self.n_ctx), "--n_threads", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer in {timeout:g} s:\n{self.tail()}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # as abrupt as a crash
+            self.proc.wait()
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
