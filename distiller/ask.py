@@ -47,9 +47,11 @@ class Teacher(Protocol):
 
 
 class AskStats(msgspec.Struct, kw_only=True):
-    """Replies asked for, repaired after a malformed first reply, and given up on."""
+    """Replies asked for, requests sent (repairs included, cached or not), replies repaired
+    after a malformed first reply, replies given up on, and the tokens of every reply."""
 
     asked: int = 0
+    requests: int = 0
     repaired: int = 0
     failed: int = 0
     prompt_tokens: int = 0
@@ -122,6 +124,7 @@ def ask_json(
             ChatRequest(messages=pending[i], json_schema=schema, max_tokens=max_tokens)
             for i in order
         ]
+        stats.requests += len(requests)
         name = label if attempt == 0 else f"{label}: repair {attempt}"
         with progress(name, len(requests), show=show_progress) as update:
             replies = teacher.chat_many(requests, concurrency=concurrency, progress=update)

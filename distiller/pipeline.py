@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from pld import models
-from pld.distiller.ask import AskStats, Teacher, prompt_hashes
+from pld.distiller.ask import AskStats, Teacher, progress, prompt_hashes
 from pld.distiller.backends import open_teacher
 from pld.distiller.cache import ResponseCache
 from pld.distiller.cluster import cluster_vectors
@@ -83,6 +83,7 @@ class DistillResult(msgspec.Struct, kw_only=True, frozen=True):
     noise: int
     pruned: int
     unchanged: bool
+    stages: dict[str, AskStats]  # per stage: requests and tokens, cached replies included
 
 
 def distill(
@@ -126,20 +127,20 @@ def distill(
 
     embedder = embedder or f"local:{student}"
     synthesis = synthesis or teacher
-    ask = AskStats()
+    ext, con, rev = AskStats(), AskStats(), AskStats()
     runner: StudentRunner | None = None
     try:
         t = backend(teacher)
         rules = extract_rules(t, spec, train_set, concurrency=concurrency,
-                              max_repairs=s.max_repairs, stats=ask, show_progress=show_progress)  # fmt: skip
+                              max_repairs=s.max_repairs, stats=ext, show_progress=show_progress)  # fmt: skip
         say(f"extraction: {len(rules)} rules from {len(train_set)} records "
-            f"({ask.repaired} repaired, {ask.failed} failed); {_spent(cache)}")  # fmt: skip
+            f"({ext.repaired} repaired, {ext.failed} failed); {_spent(cache)}")  # fmt: skip
         if not rules:
             raise PldError(
                 "the teacher gave no usable rule; check --teacher (see the repair counts above)"
             )
 
-        vectors = backend(embedder).embed([r.rule for r in rules])
+        vectors = _embed(backend(embedder), [r.rule for r in rules], show_progress)
         clustering = cluster_vectors(vectors, eps=s.eps, min_samples=s.min_samples)
         say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
             f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {s.eps}, "
@@ -151,14 +152,13 @@ def distill(
                 "or a larger --eps"
             )
 
-        before = ask.failed
         instructions = consolidate(
             backend(synthesis), spec, rules, vectors, clustering,
             max_rules_per_cluster=s.max_rules_per_cluster, concurrency=concurrency,
-            max_repairs=s.max_repairs, stats=ask, show_progress=show_progress,
+            max_repairs=s.max_repairs, stats=con, show_progress=show_progress,
         )  # fmt: skip
         say(f"consolidation: {len(instructions)} instructions "
-            f"({ask.failed - before} clusters failed); {_spent(cache)}")  # fmt: skip
+            f"({con.failed} clusters failed); {_spent(cache)}")  # fmt: skip
 
         runner = StudentRunner(student, calibration=s.calibration)
         instructions, pruned = _budget(runner, spec, instructions, s.prompt_budget, say)
@@ -171,13 +171,16 @@ def distill(
         final, final_score, rounds = conflict_loop(
             backend(synthesis), runner, spec, instructions, loop_set, dev_set, dev_score=first,
             max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
-            max_rules=s.max_rules, max_repairs=s.max_repairs, stats=ask, show_progress=show_progress,
+            max_rules=s.max_rules, max_repairs=s.max_repairs, stats=rev, show_progress=show_progress,
         )  # fmt: skip
         for r in rounds:
             after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
             say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
                 f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "
                 f"({r.reason})")  # fmt: skip
+        say(
+            f"conflict loop: {len(rounds)} rounds, {sum(r.accepted for r in rounds)} accepted; {_spent(cache)}"
+        )
         final, more = _budget(runner, spec, final, s.prompt_budget, say)
         if more:
             pruned += more
@@ -232,7 +235,9 @@ def distill(
         tokens_total=stats.prompt_tokens + stats.completion_tokens + stats.hit_tokens,
         dev_macro_f1_zero_shot=zero.macro_f1, dev_macro_f1_bundle=final_score.macro_f1,
         dev_n=final_score.n, rounds=len(rounds), rounds_accepted=sum(r.accepted for r in rounds),
-        extracted=len(rules), repaired=ask.repaired, failed=ask.failed,
+        extracted=len(rules), repaired=ext.repaired + con.repaired + rev.repaired,
+        failed=ext.failed + con.failed + rev.failed,
+        stages={"extract": ext, "consolidate": con, "revise": rev},
         clusters=clustering.sizes, noise=len(clustering.noise), pruned=len(pruned),
         unchanged=unchanged,
     )  # fmt: skip
@@ -254,6 +259,15 @@ def _budget(
             "raise the budget"
         )
     return [msgspec.structs.replace(x, id=f"r{i}") for i, x in enumerate(kept, 1)], dropped
+
+
+def _embed(embedder: Teacher, texts: list[str], show: bool, step: int = 64) -> list[list[float]]:
+    out: list[list[float]] = []
+    with progress("embedding rules", len(texts), show=show) as update:
+        for start in range(0, len(texts), step):
+            out += embedder.embed(texts[start : start + step])
+            update(len(out), len(texts))
+    return out
 
 
 def _describe(teacher: Teacher, spec: str) -> dict[str, str]:

@@ -41,3 +41,10 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; finished work is kept (teacher replies are cached): run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -101,9 +101,11 @@ class LlamaServer:
     """llama-cpp-python's server on 127.0.0.1 (one thread, as the test machine has two cores)."""
 
     def __init__(
-        self, model: str | Path, log: Path, *, alias: str = "smollm2", n_ctx: int = 4096
-    ) -> None:
+        self, model: str | Path, log: Path, *, alias: str = "smollm2", n_ctx: int = 4096,
+        extra: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.model, self.log, self.alias, self.n_ctx = str(model), log, alias, n_ctx
+        self.extra = extra
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -113,7 +115,7 @@ class LlamaServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", self.model,
                  "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--n_ctx", str(self.n_ctx), "--n_threads", "1"],
+                 "--n_ctx", str(self.n_ctx), "--n_threads", "1", *self.extra],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
             )  # fmt: skip
         deadline = time.monotonic() + timeout

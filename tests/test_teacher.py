@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -22,10 +19,9 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-from servers import Reply, ScriptedServer, chat_body, free_port
+from servers import LlamaServer, Reply, ScriptedServer, chat_body, free_port
 
 from pld.distiller.cache import ResponseCache, request_key
 from pld.distiller.teacher import (
@@ -342,32 +338,13 @@ def test_embed_batches_and_pools_token_vectors(server, make_teacher) -> None:
 def test_real_openai_compatible_server(tmp_path) -> None:
     from pld.models import resolve
 
-    model = resolve("smollm2-135m-instruct").path
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--embedding", "true"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
+    server = LlamaServer(
+        resolve("smollm2-135m-instruct").path, tmp_path / "server.log", n_ctx=1024,
+        extra=("--embedding", "true"),
+    )  # fmt: skip
+    server.start()
+    base = server.url
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer in 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
         with OpenAITeacher(
             "smollm2", base, cache=ResponseCache(tmp_path / "cache"), timeout=60,
             max_attempts=2, structured_output="json_object",
@@ -401,9 +378,4 @@ def test_real_openai_compatible_server(tmp_path) -> None:
                 assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
                 assert vectors[0] != vectors[1]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
