@@ -13,7 +13,7 @@ import numpy as np
 
 from pld.errors import PldError
 
-__all__ = ["Clustering", "cluster_vectors", "representatives"]
+__all__ = ["Clustering", "cluster_vectors", "median_distance", "representatives"]
 
 
 class Clustering(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,3 +66,20 @@ def representatives(
     centroid = x.mean(axis=0)
     order = np.argsort(-(x @ centroid), kind="stable")[:k]
     return sorted(members[i] for i in order)
+
+
+def median_distance(
+    vectors: Sequence[Sequence[float]], *, sample: int = 2000, seed: int = 0
+) -> float:
+    """Median pairwise cosine distance (over at most ``sample`` vectors): the scale ``eps`` is
+    judged against. A sentence-embedding model spreads rules over roughly 0.3 to 1; a base
+    language model's mean-pooled states sit near 0, and any ``eps`` then merges everything.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    if len(x) < 2:
+        return 0.0
+    if len(x) > sample:
+        x = x[np.random.default_rng(seed).choice(len(x), sample, replace=False)]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    d = 1.0 - x @ x.T
+    return float(np.median(d[np.triu_indices(len(x), 1)]))

@@ -21,7 +21,6 @@ from pld.distiller.teacher import (
     ChatResult,
     Message,
     TeacherError,
-    _chat_text,
     _embeddings,
 )
 from pld.models import ResolvedModel, resolve
@@ -108,13 +107,7 @@ class LocalTeacher:
             **body,
         }
         response, cached = self.cache.fetch(request, partial(self._complete, body))
-        usage = response.get("usage") or {}
-        return ChatResult(
-            text=_chat_text(response),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached=cached,
-        )
+        return ChatResult.from_response(response, cached)
 
     def chat_many(
         self,

@@ -18,7 +18,7 @@ from pld import models
 from pld.distiller.ask import AskStats, Teacher, progress, prompt_hashes
 from pld.distiller.backends import open_teacher
 from pld.distiller.cache import ResponseCache
-from pld.distiller.cluster import cluster_vectors
+from pld.distiller.cluster import cluster_vectors, median_distance
 from pld.distiller.consolidate import consolidate, fit_budget
 from pld.distiller.data import file_digest, load_examples, load_task, stratified_sample
 from pld.distiller.extract import extract_rules
@@ -145,6 +145,13 @@ def distill(
         say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
             f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {s.eps}, "
             f"min_samples {s.min_samples}, embedder {backend(embedder).model})")  # fmt: skip
+        spread = median_distance(vectors)
+        say(f"embeddings: median pairwise cosine distance {spread:.3f}")
+        if spread < s.eps / 4 and len(clustering.clusters) == 1:
+            say(f"warning: the embeddings of {backend(embedder).model} are nearly parallel "
+                f"(median distance {spread:.3f} against eps {s.eps}), so every rule fell into one "
+                "cluster; use a sentence-embedding model (--embedder openai:MODEL@URL) or a "
+                "smaller --eps")  # fmt: skip
         if not clustering.clusters:
             raise PldError(
                 f"DBSCAN found no cluster among {len(rules)} rules (eps {s.eps}, min_samples "
@@ -209,7 +216,11 @@ def distill(
             "prompts": prompt_hashes(),
             "settings": msgspec.to_builtins(s),
             "extraction": {"asked": len(train_set), "rules": len(rules)},
-            "clusters": {"sizes": clustering.sizes, "noise": len(clustering.noise)},
+            "clusters": {
+                "sizes": clustering.sizes,
+                "noise": len(clustering.noise),
+                "median_distance": round(spread, 4),
+            },
             "pruned": [x.text for x in pruned],
             "rounds": [msgspec.to_builtins(r) for r in rounds],
         }

@@ -73,6 +73,17 @@ class ChatResult(msgspec.Struct, kw_only=True, frozen=True):
     completion_tokens: int
     cached: bool
 
+    @classmethod
+    def from_response(cls, response: Mapping[str, Any], cached: bool) -> ChatResult:
+        """Read an OpenAI-shaped chat completion."""
+        usage = response.get("usage") or {}
+        return cls(
+            text=_chat_text(response),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached=cached,
+        )
+
 
 class ChatRequest(msgspec.Struct, kw_only=True, frozen=True):
     """The arguments of one ``OpenAITeacher.chat`` call, for ``chat_many``."""
@@ -203,13 +214,7 @@ class OpenAITeacher:
             {"endpoint": "chat.completions", **body},
             lambda: self._checked(self._post("/chat/completions", body), _chat_text),
         )
-        usage = response.get("usage") or {}
-        return ChatResult(
-            text=_chat_text(response),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached=cached,
-        )
+        return ChatResult.from_response(response, cached)
 
     def chat_many(
         self,

@@ -26,7 +26,7 @@ from servers import LlamaServer, Reply, ScriptedServer, chat_body
 
 from pld.distiller.ask import AskStats, ask_json, prompt_hashes
 from pld.distiller.cache import ResponseCache
-from pld.distiller.cluster import cluster_vectors, representatives
+from pld.distiller.cluster import cluster_vectors, median_distance, representatives
 from pld.distiller.consolidate import fit_budget
 from pld.distiller.data import Example, load_examples, load_task, stratified_sample
 from pld.distiller.extract import Extraction
@@ -139,6 +139,8 @@ def test_dbscan_finds_the_groups_and_drops_noise() -> None:
         representatives(vecs, c.clusters[0], 3)
     )
     assert len(representatives(vecs, c.clusters[0], 3)) == 3
+    assert 0.9 < median_distance(vecs) < 1.1  # mostly orthogonal pairs
+    assert median_distance([[1.0, 0.01 * i] for i in range(10)]) < 0.01  # nearly parallel
 
 
 def test_budget_prunes_lowest_support_first_and_fits() -> None:
