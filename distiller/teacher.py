@@ -332,6 +332,14 @@ class OpenAITeacher:
                             f"object ({_snippet(reply.text)}); check that it is OpenAI-compatible"
                         )
                     return data
+                if status >= 400 and (
+                    "json_schema" in reply.text or "response_format" in reply.text
+                ):
+                    raise TeacherError(
+                        f"teacher server at {self.base_url} does not take this response_format "
+                        f"(HTTP {status}: {_snippet(reply.text)}); pass --structured-output "
+                        "json_object (llama-cpp-python's server) or off"
+                    )
                 if status not in _RETRY_STATUS and status < 500:
                     hint = (
                         "check the model name and that the base URL ends in /v1"

@@ -148,6 +148,13 @@ def test_schema_is_sent_and_malformed_content_raises(server, make_teacher) -> No
     assert info.value.text == text
 
 
+def test_unsupported_response_format_fails_fast_with_the_fix(server, make_teacher) -> None:
+    server.push(Reply(500, {"error": "unknown response_format type 'json_schema'"}))
+    with pytest.raises(TeacherError, match="--structured-output json_object"):
+        make_teacher().chat(MESSAGES, json_schema=Rule)
+    assert len(server.log) == 1  # not retried
+
+
 def test_json_object_mode_for_llama_cpp_python(server, make_teacher) -> None:
     server.push(Reply(200, chat_body("{}")))
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
@@ -370,6 +377,9 @@ def test_real_openai_compatible_server(tmp_path) -> None:
                 max_tokens=16,
             ).cached
             assert (teacher.cache.stats.calls, teacher.cache.stats.hits) == (1, 1)
+            teacher.structured_output = "json_schema"  # this server takes json_object only
+            with pytest.raises(TeacherError, match="--structured-output json_object"):
+                teacher.chat(MESSAGES, json_schema=Rule, max_tokens=8)
             try:
                 vectors = teacher.embed(["a short rule", "another rule"])
             except TeacherError as exc:  # the chat part stands; only embeddings are unchecked
