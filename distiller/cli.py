@@ -53,6 +53,16 @@ def distill(
     loop_limit: Annotated[
         int, typer.Option(help="Training records the student runs per round.")
     ] = 100,
+    loop_failures: Annotated[
+        int, typer.Option(help="Failures shown to the synthesis model per round.")
+    ] = 16,
+    loop_successes: Annotated[int, typer.Option(help="Successes shown per round.")] = 8,
+    example_chars: Annotated[
+        int,
+        typer.Option(
+            help="Characters of each input shown per round (longer inputs are cut); lower this, or the two above, for a teacher with a short context."
+        ),
+    ] = 3000,
     max_rules: Annotated[int, typer.Option(help="Most rules a revision may hold.")] = 40,
     prompt_budget: Annotated[
         int, typer.Option(help="Most system-prompt tokens; lowest-support rules are pruned first.")
@@ -97,7 +107,8 @@ def distill(
     cal: Literal["none", "contextual"] = "contextual" if calibration == "contextual" else "none"
     settings = Settings(
         limit=limit, dev_limit=dev_limit or None, seed=seed, eps=eps, min_samples=min_samples,
-        max_rounds=rounds, loop_limit=loop_limit, max_rules=max_rules, prompt_budget=prompt_budget,
+        max_rounds=rounds, loop_limit=loop_limit, max_failures=loop_failures,
+        max_successes=loop_successes, example_chars=example_chars, max_rules=max_rules, prompt_budget=prompt_budget,
         calibration=cal, text_field=text_field, label_field=label_field,
     )  # fmt: skip
     result = run(

@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     loop_limit: int = 100
     max_failures: int = 16
     max_successes: int = 8
+    example_chars: int = 3000
     max_rules: int = 40
     prompt_budget: int = 4096
     max_repairs: int = 2
@@ -178,6 +179,7 @@ def distill(
         final, final_score, rounds = conflict_loop(
             backend(synthesis), runner, spec, instructions, loop_set, dev_set, dev_score=first,
             max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
+            max_input_chars=s.example_chars,
             max_rules=s.max_rules, max_repairs=s.max_repairs, stats=rev, show_progress=show_progress,
         )  # fmt: skip
         for r in rounds:

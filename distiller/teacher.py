@@ -341,11 +341,16 @@ class OpenAITeacher:
                         "json_object (llama-cpp-python's server) or off"
                     )
                 if status not in _RETRY_STATUS and status < 500:
-                    hint = (
-                        "check the model name and that the base URL ends in /v1"
-                        if status == 404
-                        else "check the model name and request parameters"
-                    )
+                    if status == 404:
+                        hint = "check the model name and that the base URL ends in /v1"
+                    elif "context" in reply.text.lower():
+                        hint = (
+                            "the prompt is too long for the teacher's context: use a teacher "
+                            "with a longer context or show it less (--loop-failures, "
+                            "--loop-successes, --example-chars)"
+                        )
+                    else:
+                        hint = "check the model name and request parameters"
                     raise TeacherError(
                         f"teacher server at {self.base_url} refused the request "
                         f"(HTTP {status}: {_snippet(reply.text)}); {hint}"

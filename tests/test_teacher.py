@@ -129,6 +129,14 @@ def test_other_4xx_fails_fast_with_the_server_message(server, make_teacher) -> N
     with pytest.raises(TeacherError, match="HTTP 404.*model 'nope' not found.*ends in /v1"):
         make_teacher().chat(MESSAGES)
     assert len(server.log) == 1
+    # llama-cpp-python's server words an over-long prompt like this
+    server.push(
+        Reply(400, {"error": {"message": "This model's maximum context length is 4096 tokens."}})
+    )
+    with pytest.raises(
+        TeacherError, match="HTTP 400.*too long for the teacher's context.*--example-chars"
+    ):
+        make_teacher().chat(MESSAGES)
 
 
 # ---- structured output -------------------------------------------------------------------
