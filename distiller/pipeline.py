@@ -196,6 +196,10 @@ def distill(
             final_score = runner.evaluate(spec, final, dev_set, label="student on dev after pruning",
                                           show_progress=show_progress)  # fmt: skip
 
+        if final_score.macro_f1 < zero.macro_f1:
+            say(f"warning: with its rules the student scores below zero-shot on dev (Macro-F1 "
+                f"{final_score.macro_f1:.3f} < {zero.macro_f1:.3f}); the rules mislead this student: "
+                "try a stronger teacher, more training records or more rounds")  # fmt: skip
         provenance = {
             "distiller_version": DISTILLER_VERSION,
             "teacher": _describe(backend(teacher), teacher),
