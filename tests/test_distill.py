@@ -210,17 +210,17 @@ def test_malformed_replies_are_repaired_or_counted(tmp_path: Path) -> None:
 AXES = {"anti-stereotype": 1, "stereotype": 0, "unrelated": 2}
 
 
-def _label_of(text: str) -> str:
-    return next(name for name in AXES if name in text)
+def _label_of(text: str, axes: dict[str, int] = AXES) -> str:
+    return next(name for name in axes if name in text)
 
 
-def _answer(body: dict[str, Any]) -> Reply:
+def _answer(body: dict[str, Any], axes: dict[str, int] = AXES) -> Reply:
     """What a cooperative teacher says to each of the distiller's prompts."""
     if "input" in body:  # embeddings: a direction per label the rule leads to
         rows = []
         for i, text in enumerate(body["input"]):
             v = [0.0] * 6
-            v[AXES[_label_of(text)]] = 1.0
+            v[axes[_label_of(text, axes)]] = 1.0
             v[3 + int(hashlib.sha1(text.encode()).hexdigest(), 16) % 3] = 0.05
             rows.append({"index": i, "embedding": v})
         return Reply(200, {"data": rows, "usage": {"prompt_tokens": 5 * len(rows)}})
@@ -232,11 +232,12 @@ def _answer(body: dict[str, Any]) -> Reply:
             "rule": f"When a sentence matches the pattern of this kind, answer {label}.",
         }
     elif "written independently" in text:
-        label = _label_of(text.split("recurring pattern:")[1])
+        label = _label_of(text.split("recurring pattern:")[1], axes)
         reply = {"instruction": f"Sentences that follow this shared pattern are {label}."}
     else:
-        reply = {"rules": [{"text": "Sentences that are off topic or nonsensical are unrelated.", "based_on": [1]},
-                           {"text": "Sentences that repeat a common belief about the target are stereotype.", "based_on": []}]}  # fmt: skip
+        first, second = list(axes)[:2]
+        reply = {"rules": [{"text": f"Inputs that match the first pattern are {first}.", "based_on": [1]},
+                           {"text": f"Inputs that match the second pattern are {second}.", "based_on": []}]}  # fmt: skip
     return Reply(200, chat_body(json.dumps(reply), 40, 20))
 
 
@@ -301,6 +302,54 @@ def test_whole_run_survives_faults_and_replays_offline(tmp_path: Path) -> None:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+@pytest.mark.model
+def test_any_task_from_a_task_file_and_csv(tmp_path: Path) -> None:
+    axes = {"pos": 0, "neg": 1}
+    server = ScriptedServer()
+    server.responder = lambda body: _answer(body, axes)
+    server.thread.start()
+    task = tmp_path / "reviews.toml"
+    task.write_text(
+        'name = "reviews"\ndescription = "Decide whether a product review is positive or negative."\n'
+        'input_format = "one review"\n[[labels]]\nname = "pos"\ndefinition = "the review praises"\n'
+        '[[labels]]\nname = "neg"\ndefinition = "the review complains"\n'
+    )
+    good = [
+        "Works great",
+        "Love it",
+        "Best purchase this year",
+        "Sturdy and cheap",
+        "Five stars",
+        "Does the job well",
+    ]
+    bad = [
+        "Broke in a day",
+        "Waste of money",
+        "Arrived damaged",
+        "Stopped working",
+        "Terrible smell",
+        "Never again",
+    ]
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,verdict\n" + "".join(f"{t},pos\n{u},neg\n" for t, u in zip(good, bad)))
+    spec = f"openai:scripted@{server.url}"
+    try:
+        result = distill(
+            task=str(task), train=data, dev=data, teacher=spec, embedder=spec,
+            out=tmp_path / "reviews.pld.json", cache_dir=tmp_path / "cache", show_progress=False,
+            settings=Settings(min_samples=3, max_rounds=1, text_field="review", label_field="verdict"),
+            log=lambda line: None,
+        )  # fmt: skip
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert result.extracted == 12 and result.clusters == [6, 6]
+    bundle = load_bundle(result.bundle)
+    assert bundle.name == "reviews" and bundle.labels == ["pos", "neg"]
+    assert bundle.provenance["datasets"]["train"]["file"] == "reviews.csv"
+    assert any("pos" in x.text for x in bundle.instructions)
 
 
 # ---- a whole run against a real server, killed and resumed ---------------------------------
