@@ -21,7 +21,7 @@ import typer
 from pld.distiller.cache import ResponseCache
 from pld.distiller.teacher import ChatRequest, ChatResult, MalformedReply, parse_json
 
-__all__ = ["AskStats", "Teacher", "ask_json", "progress", "prompt", "prompt_hashes"]
+__all__ = ["AskStats", "Teacher", "ask_json", "cut", "progress", "prompt", "prompt_hashes"]
 
 T = TypeVar("T")
 PROMPTS = ("extract", "consolidate", "revise")
@@ -103,6 +103,7 @@ def ask_json(
     check: Callable[[T], str | None] | None = None,
     show_progress: bool = True,
     stats: AskStats | None = None,
+    max_echo_chars: int = 2000,
 ) -> list[T | None]:
     """One reply of shape ``type`` per conversation (None where every repair failed).
 
@@ -142,7 +143,8 @@ def ask_json(
                 stats.repaired += attempt > 0
                 continue
             retry[i] = pending[i] + [
-                {"role": "assistant", "content": reply.text},
+                # a runaway reply is cut, so that the repair still fits the teacher's context
+                {"role": "assistant", "content": cut(reply.text, max_echo_chars)},
                 {
                     "role": "user",
                     "content": f"That reply cannot be used: {problem}. Answer again with only "
@@ -152,3 +154,8 @@ def ask_json(
         pending = retry
     stats.failed += len(pending)
     return results
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a ``[...]`` mark."""
+    return text if len(text) <= limit else text[:limit] + " [...]"

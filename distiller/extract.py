@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-from pld.distiller.ask import AskStats, Teacher, ask_json, prompt
+from pld.distiller.ask import AskStats, Teacher, ask_json, cut, prompt
 from pld.distiller.data import Example
 from pld.runtime.bundle import Task
 
@@ -71,7 +71,7 @@ def extract_rules(
             {
                 "role": "user",
                 "content": prompt(
-                    "extract", **values, input=_cut(ex.text, max_input_chars), label=ex.label
+                    "extract", **values, input=cut(ex.text, max_input_chars), label=ex.label
                 ),
             }
         ]
@@ -88,7 +88,3 @@ def extract_rules(
         for ex, r in zip(examples, replies, strict=True)
         if r is not None
     ]
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " [...]"

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-from pld.distiller.ask import AskStats, Teacher, ask_json, prompt
+from pld.distiller.ask import AskStats, Teacher, ask_json, cut, prompt
 from pld.distiller.data import Example
 from pld.distiller.extract import task_values
 from pld.distiller.student import Scored, StudentRunner
@@ -80,12 +80,12 @@ def conflict_loop(
         shown_right = _spread(right, max_successes, labels)
         listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
         failures = "\n\n".join(
-            f"Input:\n{_cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
+            f"Input:\n{cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
             for ex, p in shown_wrong
         )
         successes = (
             "\n\n".join(
-                f"Input:\n{_cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
+                f"Input:\n{cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
                 for ex, _ in shown_right
             )
             or "(none)"
@@ -152,7 +152,3 @@ def _spread(
             if queues[name] and len(out) < k:
                 out.append(queues[name].pop(0))
     return out
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " [...]"

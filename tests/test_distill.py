@@ -200,6 +200,11 @@ def test_malformed_replies_are_repaired_or_counted(tmp_path: Path) -> None:
                            max_repairs=2, concurrency=1, stats=stats, show_progress=False)  # fmt: skip
             assert out == [None] and (stats.repaired, stats.failed) == (0, 1)
             assert len(server.log) == 5
+            # a runaway reply is cut when it is sent back, so the repair fits the context
+            server.push(Reply(200, chat_body("x" * 50_000)), Reply(200, chat_body(good)))
+            ask_json(t, [[{"role": "user", "content": "z"}]], Extraction, label="t",
+                     concurrency=1, show_progress=False)  # fmt: skip
+            assert len(server.log[-1]["body"]["messages"][1]["content"]) < 2100
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
