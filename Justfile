@@ -12,7 +12,7 @@ test *ARGS:
 
 lint:
     .venv/bin/ruff check runtime models bench distiller pld scripts tests
-    .venv/bin/mypy runtime
+    .venv/bin/mypy runtime distiller
 
 fix:
     .venv/bin/ruff check --fix runtime models bench pld tests

@@ -66,7 +66,7 @@ def consolidate(
         synthesis, conversations, Consolidated, label="consolidating clusters", check=_check,
         concurrency=concurrency, max_repairs=max_repairs, stats=stats, show_progress=show_progress,
     )  # fmt: skip
-    out = []
+    out: list[Instruction] = []
     for c, (members, reply) in enumerate(zip(clustering.clusters, replies, strict=True)):
         if reply is not None:
             out.append(

@@ -58,7 +58,7 @@ class StudentRunner:
             instructions=list(instructions),
             student=Student(model=self.resolved.name, sha256=self.resolved.sha256),
             runtime=RuntimeSettings(calibration=self.calibration),
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
 
     def count_tokens(self, text: str) -> int:
