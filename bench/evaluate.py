@@ -15,13 +15,13 @@ import msgspec
 import typer
 
 from pld.errors import DataError
+from pld.metrics import Report, bootstrap_ci, score
 from pld.runtime.bundle import load_bundle
 from pld.runtime.classifier import Classifier
 from pld.runtime.records import read_records
 from pld.runtime.store import resolve_bundle_path
 
 from .baseline import EXAMPLE_CHARS, baseline_prompt, parse_baseline
-from .metrics import Report, bootstrap_ci, score
 
 __all__ = ["EvalResult", "evaluate", "format_report"]
 

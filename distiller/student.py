@@ -12,9 +12,9 @@ from typing import Literal
 import msgspec
 
 from pld import models
-from pld.bench.metrics import score
 from pld.distiller.ask import progress
 from pld.distiller.data import Example
+from pld.metrics import score
 from pld.runtime.bundle import Bundle, Instruction, RuntimeSettings, Student, Task
 from pld.runtime.classifier import Classifier
 from pld.runtime.engine import EngineConfig, Model

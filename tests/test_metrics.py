@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pld.bench.metrics import bootstrap_ci, macro_f1, score
+from pld.metrics import bootstrap_ci, macro_f1, score
 
 LABELS = ["a", "b", "c"]
 
