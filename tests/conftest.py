@@ -15,11 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("PLD_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
-def records(task: str, split: str = "dev", n: int = 10) -> list[dict]:
-    """The first ``n`` records of a benchmark split from ../shared/data."""
+def data_file(task: str, split: str = "dev") -> Path:
+    """A benchmark split's file in ../shared/data (the test is skipped where it is missing)."""
     path = DATA / task / f"{split}.jsonl"
     if not path.exists():
-        pytest.skip(f"benchmark data not found at {path}")
+        pytest.skip(f"benchmark data not found at {path}; set PLD_DATA_DIR")
+    return path
+
+
+def records(task: str, split: str = "dev", n: int = 10) -> list[dict]:
+    """The first ``n`` records of a benchmark split from ../shared/data."""
+    path = data_file(task, split)
     out = []
     with path.open() as fh:
         for line in fh:

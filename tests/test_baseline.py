@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, records
+from conftest import data_file, records
 from typer.testing import CliRunner
 
 from pld.bench.baseline import (
@@ -158,7 +158,7 @@ def test_baseline_prompts_of_the_shipped_bundle(tmp_path: Path) -> None:
     ],
 )
 def test_bad_baseline_is_a_pld_error(args: list[str], message: str) -> None:
-    data = DATA / "stereoset" / "dev.jsonl"
+    data = data_file("stereoset", "dev")
     out = runner.invoke(
         app, ["eval", "--bundle", "stereoset", "--data", str(data), "--limit", "6", *args]
     )
@@ -166,7 +166,7 @@ def test_bad_baseline_is_a_pld_error(args: list[str], message: str) -> None:
 
 
 def test_bad_baseline_exits_2_as_a_user_types_it() -> None:
-    data = DATA / "stereoset" / "dev.jsonl"
+    data = data_file("stereoset", "dev")
     pld = [sys.executable, "-c", "from pld.cli import main; main()"]
     err = subprocess.run(
         pld + ["eval", "-b", "stereoset", "-d", str(data), "--baseline", "few-shot:x"],
@@ -179,7 +179,7 @@ def test_bad_baseline_exits_2_as_a_user_types_it() -> None:
 
 
 def _eval(*args: str) -> dict:
-    data = DATA / "stereoset" / "dev.jsonl"
+    data = data_file("stereoset", "dev")
     out = runner.invoke(
         app, ["eval", "--bundle", "stereoset", "--data", str(data), "--limit", "6", *args]
     )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, records
+from conftest import data_file, records
 from typer.testing import CliRunner
 
 from pld.cli import app
@@ -58,7 +58,7 @@ def test_classify_input_file_writes_json_lines(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_eval_prints_json_last(tmp_path: Path) -> None:
-    data = DATA / "stereoset" / "dev.jsonl"
+    data = data_file("stereoset", "dev")
     out = runner.invoke(app, ["eval", "--bundle", "stereoset", "--data", str(data), "--limit", "6"])
     assert out.exit_code == 0, out.output
     last = json.loads(out.stdout.strip().splitlines()[-1])

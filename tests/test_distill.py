@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from conftest import DATA, records
+from conftest import data_file, records
 from servers import LlamaServer, Reply, ScriptedServer, chat_body
 
 from pld.distiller.ask import AskStats, ask_json, prompt_hashes
@@ -380,8 +380,8 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
     server.start()
     cache, out = tmp_path / "cache", tmp_path / "ss.pld.json"
     args = [
-        "distill", "--task", "stereoset", "--train", str(DATA / "stereoset/train.jsonl"),
-        "--dev", str(DATA / "stereoset/dev.jsonl"), "--teacher", f"openai:smollm2@{server.url}",
+        "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
+        "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:smollm2@{server.url}",
         "--structured-output", "json_object", "--limit", "9", "--dev-limit", "9", "--loop-limit", "6",
         "--min-samples", "2", "--eps", "0.6", "--rounds", "1", "--concurrency", "1", "--retries", "2",
         "--timeout", "60", "--cache-dir", str(cache), "--out", str(out), "--no-progress",
