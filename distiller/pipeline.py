@@ -118,7 +118,8 @@ def distill(
     say(f"task {spec.name}: {len(train_set)} of {len(train_all)} training records, "
         f"{len(dev_set)} of {len(dev_all)} dev records (stratified, seed {s.seed})")  # fmt: skip
 
-    cache = ResponseCache(Path(cache_dir) if cache_dir else models.cache_dir() / "teacher-cache")
+    cache_root = Path(cache_dir) if cache_dir else models.cache_dir() / "teacher-cache"
+    cache = ResponseCache(cache_root)
     opened: dict[str, Teacher] = {}
 
     def backend(which: str) -> Teacher:
@@ -168,7 +169,7 @@ def distill(
         say(f"consolidation: {len(instructions)} instructions "
             f"({con.failed} clusters failed); {_spent(cache)}")  # fmt: skip
 
-        runner = StudentRunner(student, calibration=s.calibration)
+        runner = StudentRunner(student, calibration=s.calibration, cache_dir=cache_root / "student")
         instructions, pruned = _budget(runner, spec, instructions, s.prompt_budget, say)
         zero = runner.evaluate(
             spec, [], dev_set, label="student zero-shot on dev", show_progress=show_progress

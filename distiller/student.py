@@ -6,7 +6,10 @@ its own system prompt. Knows nothing about teachers.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -42,7 +45,9 @@ class StudentRunner:
         n_gpu_layers: int = 0,
         calibration: Literal["none", "contextual"] = "none",
         max_input_tokens: int = 2048,
+        cache_dir: Path | None = None,
     ) -> None:
+        self.cache_dir = cache_dir
         self.resolved = models.resolve(model)
         self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
         self.calibration = calibration
@@ -74,21 +79,56 @@ class StudentRunner:
         label: str,
         show_progress: bool = True,
     ) -> Scored:
-        """Classify ``examples`` with the rule set; score against their gold labels."""
-        clf = Classifier(
-            self.bundle(task, instructions), self.model, self.resolved, config=self.config,
-            prefix_cache=False, truncate=True,
-        )  # fmt: skip
-        try:
-            preds: list[str] = []
-            with progress(label, len(examples), show=show_progress) as update:
-                for ex in examples:
-                    preds.append(clf.classify(ex.text).label)
-                    update(len(preds), len(examples))
-        finally:
-            clf.engine.close()
+        """Classify ``examples`` with the rule set; score against their gold labels.
+
+        With a ``cache_dir``, predictions are stored under a key of everything they depend on
+        (model file, system prompt, settings, llama.cpp version, inputs), so a resumed or
+        replayed run does not classify the same data with the same rules again.
+        """
+        bundle = self.bundle(task, instructions)
+        texts = [ex.text for ex in examples]
+        path = self._cache_path(bundle.system_prompt, texts)
+        preds = self._cached(path, len(texts), bundle.labels)
+        if preds is None:
+            clf = Classifier(bundle, self.model, self.resolved, config=self.config,
+                             prefix_cache=False, truncate=True)  # fmt: skip
+            try:
+                preds = []
+                with progress(label, len(examples), show=show_progress) as update:
+                    for text in texts:
+                        preds.append(clf.classify(text).label)
+                        update(len(preds), len(examples))
+            finally:
+                clf.engine.close()
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(msgspec.json.encode(preds))
+                tmp.replace(path)
         rep = score([ex.label for ex in examples], preds, [x.name for x in task.labels])
         return Scored(predictions=preds, macro_f1=rep.macro_f1, accuracy=rep.accuracy, n=rep.n)
+
+    def _cache_path(self, system_prompt: str, texts: list[str]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import llama_cpp
+
+        key = msgspec.json.encode({
+            "model_sha256": self.resolved.sha256, "system_prompt": system_prompt,
+            "calibration": self.calibration, "max_input_tokens": self.config.max_input_tokens,
+            "llama_cpp": llama_cpp.__version__, "texts": texts,
+        })  # fmt: skip
+        return self.cache_dir / f"{hashlib.sha256(key).hexdigest()}.json"
+
+    @staticmethod
+    def _cached(path: Path | None, n: int, labels: list[str]) -> list[str] | None:
+        if path is None:
+            return None
+        try:
+            preds = msgspec.json.decode(path.read_bytes(), type=list[str])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return None  # absent or damaged: classify again
+        return preds if len(preds) == n and set(preds) <= set(labels) else None
 
     def close(self) -> None:
         self.model.close()

@@ -296,6 +296,9 @@ def test_whole_run_survives_faults_and_replays_offline(tmp_path: Path) -> None:
         assert len(bundle.instructions) == first.rules >= 1
         calls = len(server.log)
         data = Path(first.bundle).read_bytes()
+        student = sorted((tmp_path / "cache" / "student").glob("*.json"))
+        assert len(student) >= 3  # zero-shot, rules, and the round's train and dev runs
+        stamps = [p.stat().st_mtime_ns for p in student]
 
         again = distill(**kwargs)  # the identical run: all from the cache
         assert (
@@ -304,6 +307,12 @@ def test_whole_run_survives_faults_and_replays_offline(tmp_path: Path) -> None:
         assert again.tokens_total == first.tokens_total and again.tokens_spent == 0
         assert len(server.log) == calls
         assert again.unchanged and Path(first.bundle).read_bytes() == data
+        assert [p.stat().st_mtime_ns for p in student] == stamps  # the student was not rerun
+
+        student[0].write_text("[not json")  # a damaged entry is classified again
+        third = distill(**kwargs)
+        assert third.unchanged and Path(first.bundle).read_bytes() == data
+        assert msgspec.json.decode(student[0].read_bytes(), type=list[str])
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
@@ -367,7 +376,7 @@ def _pld(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _entries(cache: Path) -> int:
-    return sum(1 for _ in cache.glob("*/*.json"))
+    return sum(1 for _ in cache.glob("[0-9a-f][0-9a-f]/*.json"))  # teacher replies only
 
 
 @pytest.mark.model
