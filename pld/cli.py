@@ -41,7 +41,10 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # typer turns Ctrl-C into a silent exit 130
+        if isinstance(exc, SystemExit) and exc.code != 130:
+            raise
         print(
             "\ninterrupted; finished work is kept (teacher replies are cached): run the same "
             "command again to resume",

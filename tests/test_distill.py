@@ -8,10 +8,12 @@ real llama-cpp-python server running SmolLM2, killed mid-run and restarted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -364,6 +366,33 @@ def test_any_task_from_a_task_file_and_csv(tmp_path: Path) -> None:
     assert bundle.name == "reviews" and bundle.labels == ["pos", "neg"]
     assert bundle.provenance["datasets"]["train"]["file"] == "reviews.csv"
     assert any("pos" in x.text for x in bundle.instructions)
+
+
+def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) -> None:
+    server = ScriptedServer()
+    server.responder = lambda body: dataclasses.replace(_answer(body), delay=0.3)
+    server.thread.start()
+    cache = tmp_path / "cache"
+    args = [
+        "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
+        "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:scripted@{server.url}",
+        "--limit", "30", "--concurrency", "1", "--cache-dir", str(cache), "--out",
+        str(tmp_path / "b.pld.json"), "--no-progress",
+    ]  # fmt: skip
+    try:
+        run = _pld(*args, env=dict(os.environ))
+        deadline = time.monotonic() + 60
+        while _entries(cache) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr
+    assert _entries(cache) >= 3  # what finished is kept for the rerun
 
 
 # ---- a whole run against a real server, killed and resumed ---------------------------------
