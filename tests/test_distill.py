@@ -376,17 +376,19 @@ def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) ->
     args = [
         "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
         "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:scripted@{server.url}",
-        "--limit", "30", "--concurrency", "1", "--cache-dir", str(cache), "--out",
+        "--limit", "30", "--dev-limit", "6", "--concurrency", "1", "--cache-dir", str(cache), "--out",
         str(tmp_path / "b.pld.json"), "--no-progress",
     ]  # fmt: skip
+    run = _pld(*args, env=dict(os.environ))
     try:
-        run = _pld(*args, env=dict(os.environ))
         deadline = time.monotonic() + 60
         while _entries(cache) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=30)
     finally:
+        if run.poll() is None:
+            run.kill()
         server.httpd.shutdown()
         server.httpd.server_close()
     assert run.returncode == 130, stderr[-2000:]
@@ -400,8 +402,14 @@ def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) ->
 
 def _pld(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     pld = str(Path(sys.executable).parent / "pld")
-    return subprocess.Popen([pld, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+    def interruptible() -> None:
+        # a job started in the background by a shell (as CI may run us) ignores SIGINT, and a
+        # child inherits that; a user's terminal does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen([pld, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=interruptible)  # fmt: skip
 
 
 def _entries(cache: Path) -> int:
