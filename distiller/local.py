@@ -195,9 +195,9 @@ class LocalTeacher:
     def _load(self, *, embedding: bool) -> Llama:
         import llama_cpp
 
-        from pld.runtime.engine import _quiet_llama  # verbose=False alone lets warnings through
+        from pld.runtime.engine import quiet_llama  # verbose=False alone lets warnings through
 
-        _quiet_llama()
+        quiet_llama()
         options: dict[str, Any] = {"chat_format": self.resolved.chat_format}
         if embedding:
             # The whole text must fit in one batch: llama.cpp pools one sequence per batch slot.

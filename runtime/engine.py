@@ -22,14 +22,14 @@ import numpy.typing as npt
 
 from pld.errors import ContextOverflowError, ModelError
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "Model", "label_room"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Model", "label_room", "quiet_llama"]
 
 L_SWA_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: only the sliding-window cache
 
 _LOG_CALLBACK: Any = None
 
 
-def _quiet_llama() -> None:
+def quiet_llama() -> None:
     """Silence llama.cpp's stderr chatter unless PLD_LLAMA_LOG=1 (set once per process)."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None or os.environ.get("PLD_LLAMA_LOG") == "1":
@@ -85,7 +85,7 @@ class Model:
     def __init__(self, path: str | Path, *, n_gpu_layers: int = 0) -> None:
         import llama_cpp.llama_cpp as L
 
-        _quiet_llama()
+        quiet_llama()
         L.llama_backend_init()
         self._L = L
         self.path = str(path)
