@@ -41,9 +41,18 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run_latency(
-    *, bundle: str | None = None, data: str | Path, model: str | None = None, requests: int = 16,
-    repeats: int = 3, full_requests: int = 3, n_threads: int = 0, n_gpu_layers: int = 0,
-    flash_attn: bool = False, batch_size: int = 8, log: Any = None,
+    *,
+    bundle: str | None = None,
+    data: str | Path,
+    model: str | None = None,
+    requests: int = 16,
+    repeats: int = 3,
+    full_requests: int = 3,
+    n_threads: int = 0,
+    n_gpu_layers: int = 0,
+    flash_attn: bool = False,
+    batch_size: int = 8,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields)."""
     say = log or (lambda msg: print(msg, file=sys.stderr))
@@ -52,8 +61,12 @@ def run_latency(
     if not texts:
         raise DataError(f"{data} has no records")
     common: dict[str, Any] = dict(
-        model=model, n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-        allow_model_mismatch=model is not None, calibrate=False,
+        model=model,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=flash_attn,
+        allow_model_mismatch=model is not None,
+        calibrate=False,
     )
     with tempfile.TemporaryDirectory(prefix="pld-bench-") as state_dir:
         say("priming the prefix (cold start, no state file)...")
@@ -136,13 +149,25 @@ def format_latency(r: dict[str, Any]) -> str:
     rows = [
         ("prefix (system prompt) tokens", f"{r['prefix_tokens']}"),
         ("mean input tokens", f"{r['mean_input_tokens']}"),
-        ("(a) full prompt per request p50 / p95", f"{r['full_p50_ms']:.0f} / {r['full_p95_ms']:.0f} ms  (n={r['full_requests']})"),
+        (
+            "(a) full prompt per request p50 / p95",
+            f"{r['full_p50_ms']:.0f} / {r['full_p95_ms']:.0f} ms  (n={r['full_requests']})",
+        ),
         ("(b) prefix reuse p50 / p95", f"{r['reuse_p50_ms']:.0f} / {r['reuse_p95_ms']:.0f} ms"),
-        ("(c) batched, per request", f"{r['batched_per_request_ms']:.0f} ms (batches of {r['batch_size']})"),
-        ("(d) empty system prompt p50 / p95", f"{r['floor_p50_ms']:.0f} / {r['floor_p95_ms']:.0f} ms"),
+        (
+            "(c) batched, per request",
+            f"{r['batched_per_request_ms']:.0f} ms (batches of {r['batch_size']})",
+        ),
+        (
+            "(d) empty system prompt p50 / p95",
+            f"{r['floor_p50_ms']:.0f} / {r['floor_p95_ms']:.0f} ms",
+        ),
         ("speedup (a)/(b)", f"{r['speedup_reuse']}x"),
         ("overhead (b)/(d)", f"{r['overhead_reuse']}x"),
-        ("cold start: prime / restore", f"{r['prime_ms']:.0f} / {r['restore_ms']:.0f} ms ({r['restore_speedup']}x)"),
+        (
+            "cold start: prime / restore",
+            f"{r['prime_ms']:.0f} / {r['restore_ms']:.0f} ms ({r['restore_speedup']}x)",
+        ),
         ("label agreement reuse vs full", f"{r['label_agreement']}"),
         ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
         ("backend", r["backend"]),

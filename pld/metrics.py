@@ -70,7 +70,9 @@ def score(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> Re
         macro_f1=float(f1.mean()),
         per_label={
             name: LabelScores(
-                precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
+                precision=float(precision[i]),
+                recall=float(recall[i]),
+                f1=float(f1[i]),
                 support=int(m[i].sum()),
             )
             for i, name in enumerate(labels)
@@ -81,8 +83,14 @@ def score(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> Re
 
 
 def bootstrap_ci(
-    gold: Sequence[str], pred: Sequence[str], labels: Sequence[str], *,
-    metric: str = "macro_f1", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    gold: Sequence[str],
+    pred: Sequence[str],
+    labels: Sequence[str],
+    *,
+    metric: str = "macro_f1",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy or Macro-F1 (fixed seed)."""
     rng = np.random.default_rng(seed)

@@ -136,8 +136,7 @@ class Bundle(_Strict, frozen=True):
             schema_version=SCHEMA_VERSION,
             name=name,
             version=version,
-            created_at=created_at
-            or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+            created_at=created_at or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
             task=task,
             instructions=instructions,
             system_prompt=render_system_prompt(task, instructions),

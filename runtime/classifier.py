@@ -100,7 +100,9 @@ class Classifier:
         self._tail = self._tokens([(self.format.turn_end, True)], bos=False)
         lanes = 1 if label_room(self.label_tokens) == 0 else len(self.labels)
         self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
-        self.calibrated = (bundle.runtime.calibration == "contextual") if calibrate is None else calibrate
+        self.calibrated = (
+            (bundle.runtime.calibration == "contextual") if calibrate is None else calibrate
+        )
         self._cf: npt.NDArray[np.float64] | None = None
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
@@ -197,9 +199,7 @@ class Classifier:
     def _prepare(self, use_cache: bool, state_dir: Path | None) -> None:
         store = PrefixStateStore(state_dir or models.cache_dir() / "prefix-states")
         key = self._state_key()
-        cf_key = state_key(
-            inputs=self.bundle.runtime.content_free_inputs, labels=self.label_tokens
-        )
+        cf_key = state_key(inputs=self.bundle.runtime.content_free_inputs, labels=self.label_tokens)
         if use_cache:
             t0 = time.perf_counter()
             hit = store.load(key)
@@ -310,8 +310,12 @@ class Classifier:
         suf, cut = self._suffix(text)
         logp = self.engine.score_full(self.prefix_tokens, suf, self.label_tokens)
         ms = (time.perf_counter() - t0) * 1000
-        return self._predict(logp, Timings(input_tokens=len(suf), tokenize_ms=0.0,
-                                           decode_ms=ms, total_ms=ms), None, cut)
+        return self._predict(
+            logp,
+            Timings(input_tokens=len(suf), tokenize_ms=0.0, decode_ms=ms, total_ms=ms),
+            None,
+            cut,
+        )
 
     @property
     def backend(self) -> str:

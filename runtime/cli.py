@@ -19,9 +19,12 @@ from .store import resolve_bundle_path, shipped_bundles
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect and check instruction bundles.")
 
-BundleOpt = Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped bundle name.")]
+BundleOpt = Annotated[
+    str, typer.Option("--bundle", "-b", help="Bundle file or shipped bundle name.")
+]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student).")
+    str | None,
+    typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student)."),
 ]
 
 
@@ -39,21 +42,38 @@ def classify(
     ] = None,
     model: ModelOpt = None,
     calibrate: Annotated[
-        bool | None, typer.Option("--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's).")
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's)."
+        ),
     ] = None,
-    truncate: Annotated[bool, typer.Option(help="Cut inputs that do not fit instead of failing.")] = False,
+    truncate: Annotated[
+        bool, typer.Option(help="Cut inputs that do not fit instead of failing.")
+    ] = False,
     n_ctx: Annotated[int, typer.Option(help="Context size in tokens (0: fit the prompt).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
     gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU).")] = 1,
-    allow_model_mismatch: Annotated[bool, typer.Option(help="Run a model other than the bundle's.")] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
+    ] = 1,
+    allow_model_mismatch: Annotated[
+        bool, typer.Option(help="Run a model other than the bundle's.")
+    ] = False,
 ) -> None:
     """Classify TEXT, or every line of --input, printing one JSON prediction per line."""
     if (text is None) == (input is None):
         raise InputError("give either TEXT or --input FILE (not both, not neither)")
     clf = _open(
-        bundle, model, calibrate=calibrate, truncate=truncate, n_ctx=n_ctx, n_threads=threads,
-        n_gpu_layers=gpu_layers, max_batch=batch_size, allow_model_mismatch=allow_model_mismatch,
+        bundle,
+        model,
+        calibrate=calibrate,
+        truncate=truncate,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_gpu_layers=gpu_layers,
+        max_batch=batch_size,
+        allow_model_mismatch=allow_model_mismatch,
     )
     out = sys.stdout.buffer
     try:
@@ -89,16 +109,26 @@ def demo(
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
 ) -> None:
     """Classify a few example inputs with the shipped StereoSet bundle on the default model."""
-    typer.echo("loading the default model and priming the StereoSet bundle's system prompt...", err=True)
+    typer.echo(
+        "loading the default model and priming the StereoSet bundle's system prompt...", err=True
+    )
     clf = _open("stereoset", model, n_threads=threads, allow_model_mismatch=model is not None)
     try:
-        how = f"restored in {clf.restore_ms:.0f} ms" if clf.restore_ms else f"primed in {clf.prime_ms:.0f} ms"
-        typer.echo(f"model {clf.resolved.name} ({clf.backend}); system prompt {len(clf.prefix_tokens)} tokens, {how}")
+        how = (
+            f"restored in {clf.restore_ms:.0f} ms"
+            if clf.restore_ms
+            else f"primed in {clf.prime_ms:.0f} ms"
+        )
+        typer.echo(
+            f"model {clf.resolved.name} ({clf.backend}); system prompt {len(clf.prefix_tokens)} tokens, {how}"
+        )
         for text in DEMO_INPUTS:
             p = clf.classify(text)
             probs = "  ".join(f"{k}={v:.2f}" for k, v in p.probs.items())
             sentence = text.splitlines()[-1]
-            typer.echo(f"\n{sentence}\n  -> {p.label:<16} {probs}  ({p.timings.total_ms:.0f} ms, {p.timings.input_tokens} tokens)")
+            typer.echo(
+                f"\n{sentence}\n  -> {p.label:<16} {probs}  ({p.timings.total_ms:.0f} ms, {p.timings.input_tokens} tokens)"
+            )
     finally:
         clf.close()
 
@@ -133,8 +163,15 @@ def render(b: Bundle) -> str:
         lines.append(f"  {i}. {ins.text}  {src}")
     if b.metrics:
         m = b.metrics
-        lines += ["", f"Metrics ({m.split}, n={m.n}): Macro-F1 {m.macro_f1:.3f}, accuracy {m.accuracy:.3f}"
-                  + (f"; zero-shot Macro-F1 {m.zero_shot_macro_f1:.3f}" if m.zero_shot_macro_f1 is not None else "")]
+        lines += [
+            "",
+            f"Metrics ({m.split}, n={m.n}): Macro-F1 {m.macro_f1:.3f}, accuracy {m.accuracy:.3f}"
+            + (
+                f"; zero-shot Macro-F1 {m.zero_shot_macro_f1:.3f}"
+                if m.zero_shot_macro_f1 is not None
+                else ""
+            ),
+        ]
     if b.provenance:
         lines += ["", "Provenance:"] + [f"  {k}: {v}" for k, v in sorted(b.provenance.items())]
     return "\n".join(lines)
@@ -145,7 +182,9 @@ def validate(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped 
     """Check a bundle's schema, digest and system prompt; exit non-zero if it fails."""
     path = resolve_bundle_path(bundle)
     b = load_bundle(path)
-    typer.echo(f"ok: {path}: {b.name} {b.version}, {len(b.labels)} labels, {len(b.instructions)} rules, {b.digest}")
+    typer.echo(
+        f"ok: {path}: {b.name} {b.version}, {len(b.labels)} labels, {len(b.instructions)} rules, {b.digest}"
+    )
 
 
 @bundle_app.command("list")
@@ -153,7 +192,9 @@ def list_() -> None:
     """List the bundles shipped with pld."""
     for name, path in shipped_bundles().items():
         b = load_bundle(path)
-        typer.echo(f"{name:<14} {b.version:<8} labels: {', '.join(b.labels):<44} rules: {len(b.instructions)}")
+        typer.echo(
+            f"{name:<14} {b.version:<8} labels: {', '.join(b.labels):<44} rules: {len(b.instructions)}"
+        )
 
 
 @bundle_app.command("path")

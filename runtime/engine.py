@@ -188,7 +188,11 @@ class Engine:
     """
 
     def __init__(
-        self, model: Model, config: EngineConfig | None = None, *, prefix_len: int = 0,
+        self,
+        model: Model,
+        config: EngineConfig | None = None,
+        *,
+        prefix_len: int = 0,
         lanes: int = 1,
     ) -> None:
         L = model._L
@@ -204,7 +208,9 @@ class Engine:
         # seq 0: prefix; then (shared layout) one block of lanes per batched request.
         self.n_seq = 1 if self.windowed else 1 + cfg.max_batch * self.n_labels
         if self.n_seq > 256:
-            raise ValueError(f"max_batch x labels = {self.n_seq - 1} sequences; llama.cpp allows 255")
+            raise ValueError(
+                f"max_batch x labels = {self.n_seq - 1} sequences; llama.cpp allows 255"
+            )
         n_ctx = cfg.n_ctx or prefix_len + cfg.max_input_tokens + 64
         n_ctx = min(-(-n_ctx // 256) * 256, max(model.n_ctx_train, 256))
         params = L.llama_context_default_params()
@@ -377,12 +383,17 @@ class Engine:
         if need > self.n_ctx:
             if len(suffixes) > 1:  # split the batch rather than fail
                 half = len(suffixes) // 2
-                return np.vstack([
-                    self._score_chunk(suffixes[:half], labels, p0, seq_base),
-                    self._score_chunk(suffixes[half:], labels, p0, seq_base),
-                ])
+                return np.vstack(
+                    [
+                        self._score_chunk(suffixes[:half], labels, p0, seq_base),
+                        self._score_chunk(suffixes[half:], labels, p0, seq_base),
+                    ]
+                )
             self._check_fits(p0, len(suffixes[0]), what="the input", extra=extra)
-        seqs = [list(range(seq_base + i * lane, seq_base + (i + 1) * lane)) for i in range(len(suffixes))]
+        seqs = [
+            list(range(seq_base + i * lane, seq_base + (i + 1) * lane))
+            for i in range(len(suffixes))
+        ]
         try:
             if p0:  # every lane but sequence 0 itself sees the prefix through shared cells
                 for group in seqs:
@@ -423,7 +434,9 @@ class Engine:
     # -- decoding ------------------------------------------------------------------------
 
     def _decode_run(self, tokens: list[int], p0: int, seqs: list[int], *, want_last: bool) -> None:
-        items = [(t, p0 + j, seqs, want_last and j == len(tokens) - 1) for j, t in enumerate(tokens)]
+        items = [
+            (t, p0 + j, seqs, want_last and j == len(tokens) - 1) for j, t in enumerate(tokens)
+        ]
         self._decode_items(items)
 
     def _decode_items(

@@ -67,6 +67,8 @@ class PrefixStateStore:
         return path
 
     def _prune(self) -> None:
-        files = sorted(self.directory.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted(
+            self.directory.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
         for old in files[self.keep :]:
             old.unlink(missing_ok=True)

@@ -23,9 +23,11 @@ ROUNDS = 2
 
 
 def main(paths: list[str]) -> None:
-    print("| task | records used / in file | extraction per record (requests, tokens) | "
-          "consolidation per cluster | revision per request | full run: requests | full run: tokens "
-          "| full run, no repairs: requests, tokens |")
+    print(
+        "| task | records used / in file | extraction per record (requests, tokens) | "
+        "consolidation per cluster | revision per request | full run: requests | full run: tokens "
+        "| full run, no repairs: requests, tokens |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         with open(path) as fh:

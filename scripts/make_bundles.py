@@ -29,9 +29,18 @@ TASKS = {
             "of a stereotype, or something unrelated."
         ),
         labels=[
-            Label(name="stereotype", definition="the sentence reinforces a common, oversimplified belief about the target"),
-            Label(name="anti-stereotype", definition="the sentence contradicts or reverses a common stereotype about the target"),
-            Label(name="unrelated", definition="the sentence is nonsensical or has no meaningful link to the context and the target"),
+            Label(
+                name="stereotype",
+                definition="the sentence reinforces a common, oversimplified belief about the target",
+            ),
+            Label(
+                name="anti-stereotype",
+                definition="the sentence contradicts or reverses a common stereotype about the target",
+            ),
+            Label(
+                name="unrelated",
+                definition="the sentence is nonsensical or has no meaningful link to the context and the target",
+            ),
         ],
         input_format=(
             "'Target:' the group or term; 'Context:' a sentence, where BLANK marks a gap to fill; "
@@ -45,9 +54,18 @@ TASKS = {
             "contract entails, contradicts or does not mention a hypothesis about it."
         ),
         labels=[
-            Label(name="entailment", definition="the contract states or clearly implies the hypothesis"),
-            Label(name="contradiction", definition="the contract states or clearly implies the opposite of the hypothesis"),
-            Label(name="not_mentioned", definition="the contract says nothing that settles the hypothesis"),
+            Label(
+                name="entailment",
+                definition="the contract states or clearly implies the hypothesis",
+            ),
+            Label(
+                name="contradiction",
+                definition="the contract states or clearly implies the opposite of the hypothesis",
+            ),
+            Label(
+                name="not_mentioned",
+                definition="the contract says nothing that settles the hypothesis",
+            ),
         ],
         input_format=(
             "'Contract (excerpt):' passages of the NDA, where '[...]' marks omitted text; then "
@@ -84,7 +102,9 @@ def main() -> None:
             task=task,
             student=student,
             runtime=RuntimeSettings(calibration=CALIBRATION[name]),  # type: ignore[arg-type]
-            provenance={"kind": "zero-shot example: task and label definitions only, no distilled rules"},
+            provenance={
+                "kind": "zero-shot example: task and label definitions only, no distilled rules"
+            },
             created_at=CREATED,
         )
         print("wrote", save_bundle(bundle, ROOT / "runtime" / "bundles" / f"{name}.pld.json"))
@@ -92,7 +112,9 @@ def main() -> None:
     long = Bundle.create(
         name="contractnli-long",
         task=TASKS["contractnli"],
-        instructions=[Instruction(id=f"r{i:03d}", text=r) for i, r in enumerate(rules, 1) if r.strip()],
+        instructions=[
+            Instruction(id=f"r{i:03d}", text=r) for i, r in enumerate(rules, 1) if r.strip()
+        ],
         student=student,
         provenance={
             "kind": "benchmark bundle: hand-written stand-in for distilled rules, sized like the "

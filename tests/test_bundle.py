@@ -41,7 +41,9 @@ def test_v1_fixture_content() -> None:
     assert [i.id for i in b.instructions] == ["r1", "r2"]
     assert "1. Praise of the product" in b.system_prompt
     assert "2. Sarcasm" in b.system_prompt
-    assert b.system_prompt.endswith("Answer with exactly one label (positive, negative) and nothing else.")
+    assert b.system_prompt.endswith(
+        "Answer with exactly one label (positive, negative) and nothing else."
+    )
 
 
 def _raw() -> dict:

@@ -70,15 +70,29 @@ def test_eval_prints_json_last(tmp_path: Path) -> None:
 def test_subprocess_as_a_user_types_it(tmp_path: Path) -> None:
     pld = [sys.executable, "-c", "from pld.cli import main; main()"]
     env = dict(os.environ)
-    ok = subprocess.run(pld + ["classify", "--bundle", "stereoset",
-                               "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring."],
-                        capture_output=True, text=True, env=env, timeout=300)
+    ok = subprocess.run(
+        pld
+        + [
+            "classify",
+            "--bundle",
+            "stereoset",
+            "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring.",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     pred = json.loads(ok.stdout)
-    assert pred["label"] in ("stereotype", "anti-stereotype", "unrelated") and pred["calibrated"] is True
+    assert (
+        pred["label"] in ("stereotype", "anti-stereotype", "unrelated")
+        and pred["calibrated"] is True
+    )
     bad = tmp_path / "bad.pld.json"
     bad.write_text('{"schema_version": 1, "name": "x"}')
-    err = subprocess.run(pld + ["bundle", "validate", str(bad)], capture_output=True, text=True,
-                         env=env, timeout=120)
+    err = subprocess.run(
+        pld + ["bundle", "validate", str(bad)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert err.returncode == 2
     assert err.stderr.startswith("error: bundle") and "Traceback" not in err.stderr

@@ -70,8 +70,12 @@ def test_windowed_cache_stays_exact_across_requests(n_batch: int) -> None:
     # The system prompt must outgrow the sliding window (512 + n_batch cells) for cells to be
     # reused at all: take the first 45 rules of the benchmark bundle (~1,500 tokens).
     long = load_bundle(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
-    b = Bundle.create(name="window", task=long.task, instructions=long.instructions[:45],
-                      student=Student(model="gemma-3-270m"))
+    b = Bundle.create(
+        name="window",
+        task=long.task,
+        instructions=long.instructions[:45],
+        student=Student(model="gemma-3-270m"),
+    )
     texts = _shortest("stereoset", 5, 5)
     kw = dict(calibrate=False, prefix_cache=False, n_batch=n_batch)
     reuse = Classifier.open(b, **kw)
@@ -80,7 +84,9 @@ def test_windowed_cache_stays_exact_across_requests(n_batch: int) -> None:
         assert reuse.engine.windowed and reuse.model.n_swa > 0
         assert len(reuse.prefix_tokens) > reuse.model.n_swa + n_batch + 256
         assert max(len(reuse._suffix(t)[0]) for t in texts) > 16
-        got = [reuse.classify(t).probs for t in texts * 2]  # later requests see earlier ones' traces
+        got = [
+            reuse.classify(t).probs for t in texts * 2
+        ]  # later requests see earlier ones' traces
         want = [full.classify_full(t).probs for t in texts]
         assert got == want * 2
     finally:
@@ -198,9 +204,11 @@ def test_multi_token_labels_are_teacher_forced(opened, tmp_path: Path) -> None:
     task = Task(
         name="shared-prefix",
         description="Decide whether the hypothesis is addressed.",
-        labels=[Label(name="not_mentioned", definition="silent"),
-                Label(name="not_applicable", definition="out of scope"),
-                Label(name="entailment", definition="stated")],
+        labels=[
+            Label(name="not_mentioned", definition="silent"),
+            Label(name="not_applicable", definition="out of scope"),
+            Label(name="entailment", definition="stated"),
+        ],
         input_format="a sentence",
     )
     b = Bundle.create(name="shared-prefix", task=task, student=Student(model="gemma-3-270m"))
@@ -232,9 +240,13 @@ def test_bad_inputs_get_clear_errors(opened) -> None:
     with pytest.raises(InputError, match="surrogate"):
         clf.classify("bad \udc80 text")
     long = "word " * 5000
-    with pytest.raises(ContextOverflowError, match=r"input has \d+ tokens but only \d+ fit \(context \d+ tokens"):
+    with pytest.raises(
+        ContextOverflowError, match=r"input has \d+ tokens but only \d+ fit \(context \d+ tokens"
+    ):
         clf.classify(long)
-    assert clf.classify(b"Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring.").label
+    assert clf.classify(
+        b"Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring."
+    ).label
 
 
 def test_truncate_when_asked(opened) -> None:
