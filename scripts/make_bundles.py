@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pld.models import GEMMA_270M_SHA256
 from pld.runtime.bundle import (
     Bundle,
     Instruction,
@@ -17,7 +18,6 @@ from pld.runtime.bundle import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-GEMMA_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 CREATED = "2026-11-28T00:00:00+00:00"
 
 TASKS = {
