@@ -1,4 +1,4 @@
-# pld tasks. `just` runs the tests and the linters.
+# pld tasks. `just` runs the tests (which include the checks) and the linters.
 
 default: test lint
 
@@ -10,13 +10,17 @@ install:
 test *ARGS:
     .venv/bin/python -m pytest {{ARGS}}
 
+# ruff check, ruff format --check and strict mypy over every package (scripts/check.py)
 lint:
-    .venv/bin/ruff check runtime models bench distiller pld scripts tests
-    .venv/bin/mypy runtime distiller
+    .venv/bin/python scripts/check.py
 
 fix:
-    .venv/bin/ruff check --fix runtime models bench pld tests
-    .venv/bin/ruff format runtime models bench pld tests
+    .venv/bin/ruff check --fix runtime models bench distiller pld scripts tests
+    .venv/bin/ruff format runtime models bench distiller pld scripts tests
+
+# rewrite the committed data fixtures from ../shared/data
+fixtures:
+    .venv/bin/python scripts/make_fixtures.py
 
 # latency benchmark (about 4 minutes on 2 cores), then accuracy on a slice of each dev split
 bench:

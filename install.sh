@@ -17,4 +17,8 @@ target="."
 [ -n "$extras" ] && target=".[$extras]"
 echo "installing pld$([ -n "$extras" ] && echo "[$extras]") into .venv (llama-cpp-python CMAKE_ARGS: $CMAKE_ARGS)" >&2
 echo "a first install compiles llama-cpp-python: about 6 minutes on 2 cores" >&2
-.venv/bin/python -m pip install -q -e "$target"
+# setuptools notes on every editable install with a package-dir mapping that a folder named
+# like the package (our pld/, which is that package) could shadow it: true, intended, and
+# nothing for a newcomer to act on, so that one informational warning is filtered out.
+PYTHONWARNINGS="ignore::Warning:setuptools.command.editable_wheel" \
+    .venv/bin/python -m pip install -q -e "$target"

@@ -1,3 +1,23 @@
-"""pld.bench: latency and accuracy benchmarks over the runtime, printing a table then one JSON line."""
+"""pld.bench: latency and accuracy benchmarks over the runtime, printing a table then one JSON line.
 
-__all__: list[str] = []
+``evaluate`` (``pld eval``) scores a bundle or a baseline on a labelled split; ``run_latency``
+(``pld bench latency``) times the runtime's modes. Importing this package does no work.
+"""
+
+from .baseline import Baseline, baseline_prompt, draw_examples, parse_baseline
+from .evaluate import EvalResult, evaluate, format_report
+from .latency import default_bundle, default_inputs, format_latency, run_latency
+
+__all__ = [
+    "Baseline",
+    "EvalResult",
+    "baseline_prompt",
+    "default_bundle",
+    "default_inputs",
+    "draw_examples",
+    "evaluate",
+    "format_latency",
+    "format_report",
+    "parse_baseline",
+    "run_latency",
+]

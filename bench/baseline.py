@@ -15,26 +15,19 @@ from typing import Literal
 
 import msgspec
 
-from pld.errors import DataError, PldError
-from pld.runtime.bundle import Bundle, render_system_prompt
-from pld.runtime.records import Record, read_records
+from pld.errors import BaselineError, DataError
+from pld.runtime import Bundle, Record, read_records, render_system_prompt
+from pld.text import clip
 
 __all__ = [
     "EXAMPLE_CHARS",
     "Baseline",
-    "BaselineError",
     "baseline_prompt",
-    "clip",
     "draw_examples",
     "parse_baseline",
 ]
 
 EXAMPLE_CHARS = 600
-_MARKER = " [...] "
-
-
-class BaselineError(PldError):
-    """A baseline spec is malformed, or a few-shot baseline lacks its training examples."""
 
 
 class Baseline(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,20 +55,6 @@ def parse_baseline(spec: str) -> Baseline:
     raise BaselineError(
         f"baseline {spec!r} is not known; use 'none', 'zero-shot' or 'few-shot:K' (e.g. 'few-shot:5')"
     )
-
-
-def clip(text: str, max_chars: int = EXAMPLE_CHARS) -> str:
-    """``text`` cut to at most ``max_chars``, keeping its start and its end around a "[...]".
-
-    The end is kept because tasks put what is asked last (Contract-NLI's hypothesis, LogiQA's
-    options), so an example cut at the front would lose the part its label is about.
-    """
-    text = text.strip()
-    if len(text) <= max_chars:
-        return text
-    room = max(max_chars - len(_MARKER), 2)
-    head = room // 3
-    return text[:head].rstrip() + _MARKER + text[len(text) - (room - head) :].lstrip()
 
 
 def draw_examples(
@@ -137,5 +116,5 @@ def baseline_prompt(
             "pass --train PATH (a labelled JSON Lines split), e.g. --train ../shared/data/TASK/train.jsonl"
         )
     examples = draw_examples(list(read_records(train)), bundle.labels, baseline.k, seed=seed)
-    pairs = [(clip(r.text, max_chars), r.label or "") for r in examples]
+    pairs = [(clip(r.text, max_chars, keep_end=True), r.label or "") for r in examples]
     return render_system_prompt(bundle.task, [], examples=pairs)

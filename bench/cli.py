@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 import typer
 
+from pld.runtime import ClassifierOptions
+
 from .baseline import EXAMPLE_CHARS
 
 bench_app = typer.Typer(no_args_is_help=True, help="Latency benchmarks.")
-
-
-def _default_data(rel: str) -> Path:
-    root = Path(os.environ.get("PLD_DATA_DIR", Path.cwd().parent / "shared" / "data"))
-    return root / rel
 
 
 def evaluate(
@@ -56,15 +52,18 @@ def evaluate(
     from .evaluate import evaluate as run
     from .evaluate import format_report
 
+    options = ClassifierOptions(
+        calibrate=calibrate,
+        max_batch=batch_size,
+        n_threads=threads,
+        allow_model_mismatch=allow_model_mismatch or model is not None,
+    )
     res = run(
         bundle,
         data,
-        limit=limit,
+        options,
         model=model,
-        calibrate=calibrate,
-        batch_size=batch_size,
-        n_threads=threads,
-        allow_model_mismatch=allow_model_mismatch or model is not None,
+        limit=limit,
         baseline=baseline,
         train=train,
         seed=seed,
@@ -83,7 +82,9 @@ def latency(
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", "-d", help="Inputs (default: StereoSet dev from ../shared/data)."),
+        typer.Option(
+            "--data", "-d", help="Inputs (default: the first 64 StereoSet dev records, shipped)."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
@@ -103,16 +104,15 @@ def latency(
     """Full prompt vs prefix reuse vs batched vs empty prompt; prime vs restore; peak memory."""
     from .latency import format_latency, run_latency
 
+    options = ClassifierOptions(n_threads=threads, n_gpu_layers=gpu_layers, flash_attn=flash_attn)
     r = run_latency(
         bundle=bundle,
-        data=data or _default_data("stereoset/dev.jsonl"),
+        data=data,
+        options=options,
         model=model,
         requests=requests,
         repeats=repeats,
         full_requests=full_requests,
-        n_threads=threads,
-        n_gpu_layers=gpu_layers,
-        flash_attn=flash_attn,
         batch_size=batch_size,
     )
     typer.echo(format_latency(r))

@@ -7,19 +7,22 @@ was made.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import time
 from pathlib import Path
 
 import msgspec
-import typer
 
 from pld.errors import DataError
 from pld.metrics import Report, bootstrap_ci, score
-from pld.runtime.bundle import load_bundle
-from pld.runtime.classifier import Classifier
-from pld.runtime.records import read_records
-from pld.runtime.store import resolve_bundle_path
+from pld.progress import progress as progress_bar
+from pld.runtime import (
+    Classifier,
+    ClassifierOptions,
+    load_bundle,
+    read_records,
+    resolve_bundle_path,
+)
 
 from .baseline import EXAMPLE_CHARS, baseline_prompt, parse_baseline
 
@@ -48,13 +51,10 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
 def evaluate(
     bundle: str | Path,
     data: str | Path,
+    options: ClassifierOptions | None = None,
     *,
-    limit: int | None = None,
     model: str | None = None,
-    calibrate: bool | None = None,
-    batch_size: int = 1,
-    n_threads: int = 0,
-    allow_model_mismatch: bool = False,
+    limit: int | None = None,
     progress: bool = True,
     baseline: str = "none",
     train: str | Path | None = None,
@@ -63,8 +63,10 @@ def evaluate(
 ) -> EvalResult:
     """Classify every record of ``data`` (or the first ``limit``) and score against gold labels.
 
-    ``baseline`` "zero-shot" drops the bundle's rules; "few-shot:K" also shows K examples from
-    ``train`` (drawn with ``seed``, stratified by label, each cut to ``example_chars``).
+    ``options`` run the classifier (inputs that do not fit are always truncated here; requests
+    go ``options.max_batch`` at a time). ``baseline`` "zero-shot" drops the bundle's rules;
+    "few-shot:K" also shows K examples from ``train`` (drawn with ``seed``, stratified by label,
+    each cut to ``example_chars``).
     """
     spec = parse_baseline(baseline)
     records = list(read_records(data, limit=limit))
@@ -75,37 +77,28 @@ def evaluate(
         raise DataError(
             f"{data}: records without a 'label' field, e.g. {unlabelled[:3]}; eval needs gold labels"
         )
+    gold = [str(r.label) for r in records]
     loaded = load_bundle(resolve_bundle_path(bundle))
     system = baseline_prompt(loaded, spec, train=train, seed=seed, max_chars=example_chars)
-    clf = Classifier.open(
-        loaded,
-        model=model,
-        calibrate=calibrate,
-        max_batch=batch_size,
-        n_threads=n_threads,
-        allow_model_mismatch=allow_model_mismatch,
-        truncate=True,
-        system_prompt=system,
-    )
+    opts = dataclasses.replace(options or ClassifierOptions(), truncate=True)
+    batch_size = opts.max_batch
+    clf = Classifier.open(loaded, opts, model=model, system_prompt=system)
     try:
         labels = clf.labels
-        bad = sorted({r.label for r in records} - set(labels))  # type: ignore[misc]
+        bad = sorted(set(gold) - set(labels))
         if bad:
             raise DataError(
                 f"{data}: gold labels {bad} are not labels of bundle {clf.bundle.name} ({labels})"
             )
         preds: list[str] = []
         t0 = time.perf_counter()
-        with typer.progressbar(
-            length=len(records), label="evaluating", file=sys.stderr, hidden=not progress
-        ) as bar:
+        with progress_bar("evaluating", len(records), show=progress) as update:
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
                 preds += [p.label for p in clf.classify_many([r.text for r in chunk])]
-                bar.update(len(chunk))
+                update(len(preds), len(records))
         per_request_ms = (time.perf_counter() - t0) * 1000 / len(records)
-        gold = [r.label for r in records]
-        rep = score(gold, preds, labels)  # type: ignore[arg-type]
+        rep = score(gold, preds, labels)
         return EvalResult(
             bundle=clf.bundle.name,
             baseline=str(spec),
@@ -114,10 +107,10 @@ def evaluate(
             n=rep.n,
             accuracy=rep.accuracy,
             macro_f1=rep.macro_f1,
-            macro_f1_ci=bootstrap_ci(gold, preds, labels),  # type: ignore[arg-type]
-            accuracy_ci=bootstrap_ci(gold, preds, labels, metric="accuracy"),  # type: ignore[arg-type]
+            macro_f1_ci=bootstrap_ci(gold, preds, labels),
+            accuracy_ci=bootstrap_ci(gold, preds, labels, metric="accuracy"),
             per_request_ms=per_request_ms,
-            calibrated=clf._cf is not None,
+            calibrated=clf.calibrated,
             report=rep,
             train=str(train) if spec.kind == "few-shot" else None,
             seed=seed if spec.kind == "few-shot" else None,

@@ -8,25 +8,31 @@ and nothing of the distiller.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pld.errors import DataError
-from pld.runtime.classifier import Classifier
-from pld.runtime.records import read_records
+from pld.errors import DataError, PldError
+from pld.runtime import Classifier, ClassifierOptions, read_records
 
-__all__ = ["default_bundle", "run_latency"]
+__all__ = ["default_bundle", "default_inputs", "format_latency", "run_latency"]
 
 
 def default_bundle() -> str:
     """The benchmark bundle: Contract-NLI with about 4,600 tokens of rules."""
-    return str(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+    return str(resources.files("pld.bench.data").joinpath("contractnli-long.pld.json"))
+
+
+def default_inputs() -> str:
+    """The benchmark inputs: the first 64 StereoSet dev records, shipped with pld."""
+    return str(resources.files("pld.bench.data").joinpath("stereoset-dev-64.jsonl"))
 
 
 def _ms(fn: Any, *args: Any) -> tuple[float, Any]:
@@ -43,50 +49,58 @@ def _pct(xs: list[float], q: float) -> float:
 def run_latency(
     *,
     bundle: str | None = None,
-    data: str | Path,
+    data: str | Path | None = None,
+    options: ClassifierOptions | None = None,
     model: str | None = None,
     requests: int = 16,
     repeats: int = 3,
     full_requests: int = 3,
-    n_threads: int = 0,
-    n_gpu_layers: int = 0,
-    flash_attn: bool = False,
     batch_size: int = 8,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields)."""
+    """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields).
+
+    ``options`` set threads, GPU layers and flash attention for every mode; calibration is off
+    and ``max_batch`` is 1, except in the batched mode (``batch_size``).
+    """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     bundle = bundle or default_bundle()
+    data = data or default_inputs()
     texts = [r.text for r in read_records(data, limit=requests)]
     if not texts:
         raise DataError(f"{data} has no records")
-    common: dict[str, Any] = dict(
-        model=model,
-        n_threads=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        flash_attn=flash_attn,
-        allow_model_mismatch=model is not None,
+    base = dataclasses.replace(
+        options or ClassifierOptions(),
         calibrate=False,
+        max_batch=1,
+        allow_model_mismatch=model is not None,
     )
+
+    def open_(**overrides: Any) -> Classifier:
+        return Classifier.open(bundle, base, model=model, **overrides)
+
     with tempfile.TemporaryDirectory(prefix="pld-bench-") as state_dir:
         say("priming the prefix (cold start, no state file)...")
-        reuse = Classifier.open(bundle, state_dir=state_dir, **common)
+        reuse = open_(state_dir=state_dir)
         prime_ms = reuse.prime_ms or 0.0
         say(f"  {len(reuse.prefix_tokens)} prefix tokens primed in {prime_ms:.0f} ms; restoring...")
         restores = []
         for _ in range(2):
-            again = Classifier.open(bundle, state_dir=state_dir, **common)
+            again = open_(state_dir=state_dir)
             if again.restore_ms is None:
-                raise RuntimeError("the prefix state file was not restored")
+                raise PldError(
+                    f"the prefix state file in {state_dir} was not restored; check the free "
+                    "disk space of the temporary directory (TMPDIR)"
+                )
             restores.append(again.restore_ms)
             again.close()
         restore_ms = statistics.median(restores)
         say(f"priming a second context for batches of {batch_size} (shared-cell layout)...")
-        batched = Classifier.open(bundle, state_dir=state_dir, max_batch=batch_size, **common)
-    floor = Classifier.open(bundle, system_prompt="", prefix_cache=False, **common)
-    full = Classifier.open(bundle, prefix_cache=False, **common)
+        batched = open_(state_dir=state_dir, max_batch=batch_size)
+    floor = open_(system_prompt="", prefix_cache=False)
+    full = open_(prefix_cache=False)
     prefix_tokens = len(reuse.prefix_tokens)
-    suffix_tokens = [len(reuse._suffix(t)[0]) for t in texts]
+    suffix_tokens = [len(reuse.request_tokens(t)[0]) for t in texts]
 
     times: dict[str, list[float]] = {"reuse": [], "floor": [], "full": [], "batched": []}
     reuse_labels: dict[int, str] = {}
@@ -139,8 +153,8 @@ def run_latency(
         "label_agreement": round(sum(agree) / len(agree), 3) if agree else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "backend": backend,
-        "n_threads": n_threads or None,
-        "flash_attn": flash_attn,
+        "n_threads": base.n_threads or None,
+        "flash_attn": base.flash_attn,
     }
 
 

@@ -7,20 +7,26 @@ its own system prompt. Knows nothing about teachers.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from pld import models
-from pld.distiller.ask import progress
 from pld.distiller.data import Example
+from pld.files import atomic_write
 from pld.metrics import score
-from pld.runtime.bundle import Bundle, Instruction, RuntimeSettings, Student, Task
-from pld.runtime.classifier import Classifier
-from pld.runtime.engine import EngineConfig, Model
+from pld.progress import progress
+from pld.runtime import (
+    Bundle,
+    Classifier,
+    ClassifierOptions,
+    Instruction,
+    Model,
+    RuntimeSettings,
+    Student,
+    Task,
+)
 
 __all__ = ["Scored", "StudentRunner"]
 
@@ -48,14 +54,19 @@ class StudentRunner:
         cache_dir: Path | None = None,
     ) -> None:
         self.cache_dir = cache_dir
-        self.resolved = models.resolve(model)
-        self.model = Model(self.resolved.path, n_gpu_layers=n_gpu_layers)
+        self.model = Model.open(model, n_gpu_layers=n_gpu_layers)
+        self.resolved = self.model.resolved
         self.calibration = calibration
-        self.config = EngineConfig(
-            n_threads=n_threads, n_gpu_layers=n_gpu_layers, max_input_tokens=max_input_tokens
+        # every rule set gets a fresh context on the shared weights; nothing is worth saving
+        self.options = ClassifierOptions(
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            max_input_tokens=max_input_tokens,
+            prefix_cache=False,
+            truncate=True,
         )
 
-    def bundle(self, task: Task, instructions: Sequence[Instruction], **fields: object) -> Bundle:
+    def bundle(self, task: Task, instructions: Sequence[Instruction], **fields: Any) -> Bundle:
         """A bundle of this task and rule set for this student."""
         return Bundle.create(
             name=task.name,
@@ -90,21 +101,14 @@ class StudentRunner:
         path = self._cache_path(bundle.system_prompt, texts)
         preds = self._cached(path, len(texts), bundle.labels)
         if preds is None:
-            clf = Classifier(bundle, self.model, self.resolved, config=self.config,
-                             prefix_cache=False, truncate=True)  # fmt: skip
-            try:
-                preds = []
+            preds = []
+            with Classifier(bundle, self.model, self.options) as clf:
                 with progress(label, len(examples), show=show_progress) as update:
                     for text in texts:
                         preds.append(clf.classify(text).label)
                         update(len(preds), len(examples))
-            finally:
-                clf.engine.close()
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(msgspec.json.encode(preds))
-                tmp.replace(path)
+                atomic_write(path, msgspec.json.encode(preds))
         rep = score([ex.label for ex in examples], preds, [x.name for x in task.labels])
         return Scored(predictions=preds, macro_f1=rep.macro_f1, accuracy=rep.accuracy, n=rep.n)
 
@@ -115,7 +119,7 @@ class StudentRunner:
 
         key = msgspec.json.encode({
             "model_sha256": self.resolved.sha256, "system_prompt": system_prompt,
-            "calibration": self.calibration, "max_input_tokens": self.config.max_input_tokens,
+            "calibration": self.calibration, "max_input_tokens": self.options.max_input_tokens,
             "llama_cpp": llama_cpp.__version__, "texts": texts,
         })  # fmt: skip
         return self.cache_dir / f"{hashlib.sha256(key).hexdigest()}.json"
@@ -131,6 +135,7 @@ class StudentRunner:
         return preds if len(preds) == n and set(preds) <= set(labels) else None
 
     def close(self) -> None:
+        """Free the student model."""
         self.model.close()
 
     def __enter__(self) -> StudentRunner:

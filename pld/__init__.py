@@ -1,9 +1,23 @@
 """pld: Prompt-Level Distillation.
 
-The root package holds only the version, the shared error types and the CLI entry point;
-the work lives in ``pld.runtime``, ``pld.models``, ``pld.distiller`` and ``pld.bench``.
+The root package holds what every part shares (the version, errors, file helpers, the cache
+layout, metrics, progress bars) and the CLI entry point; the work lives in ``pld.runtime``,
+``pld.models``, ``pld.distiller`` and ``pld.bench``. Importing it does no work.
 """
+
+from __future__ import annotations
 
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    # The version has one source, the installed package's metadata (pyproject.toml); it is
+    # read on first use so that importing pld stays free.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pld")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'pld' has no attribute {name!r}")

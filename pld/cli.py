@@ -12,7 +12,7 @@ import typer
 
 from pld.bench import cli as bench_cli
 from pld.distiller import cli as distiller_cli
-from pld.errors import PldError
+from pld.errors import PldError, RunInterrupted
 from pld.models import cli as models_cli
 from pld.runtime import cli as runtime_cli
 
@@ -36,6 +36,9 @@ def main() -> None:
     """Entry point of the `pld` script."""
     try:
         app()
+    except RunInterrupted as exc:  # a long run that says how to resume it
+        print(f"\n{exc}", file=sys.stderr)
+        sys.exit(130)
     except PldError as exc:
         if os.environ.get("PLD_TRACEBACK") == "1":
             raise
@@ -45,9 +48,5 @@ def main() -> None:
         # typer turns Ctrl-C into a silent exit 130
         if isinstance(exc, SystemExit) and exc.code != 130:
             raise
-        print(
-            "\ninterrupted; finished work is kept (teacher replies are cached): run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
+        print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

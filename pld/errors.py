@@ -1,23 +1,47 @@
-"""The few exception types pld raises on purpose.
+"""Every exception pld raises on purpose, for all of its packages, in one place.
 
-Every message says what went wrong and what to do about it. Only ``pld.cli`` turns them
-into exit codes; set ``PLD_TRACEBACK=1`` to see the traceback instead.
+Each is a ``PldError`` whose message says what went wrong and what to do about it. Only the
+CLI (``pld.cli``) turns them into exit codes; set ``PLD_TRACEBACK=1`` to see the traceback.
 """
 
 __all__ = [
+    "BaselineError",
     "BundleError",
+    "ConfigError",
     "ContextOverflowError",
     "DataError",
+    "DependencyError",
+    "DistillError",
     "InputError",
+    "MalformedReplyError",
     "ModelError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "PldError",
+    "RunInterrupted",
+    "TeacherAuthError",
+    "TeacherError",
+    "TeacherUnreachableError",
 ]
 
 
 class PldError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
+
+
+class ConfigError(PldError):
+    """An option or setting is out of range, or an object was used before it was ready."""
+
+
+class DependencyError(PldError):
+    """An optional dependency (a pld extra) is not installed."""
+
+
+class RunInterrupted(PldError):
+    """The user stopped a long run (Ctrl-C); the message says how to resume it."""
+
+
+# ---- models and bundles -------------------------------------------------------------------
 
 
 class ModelError(PldError):
@@ -36,6 +60,9 @@ class BundleError(PldError):
     """A bundle file is missing, malformed or fails validation."""
 
 
+# ---- inputs and data ------------------------------------------------------------------------
+
+
 class InputError(PldError):
     """A request cannot be classified as given (empty, invalid UTF-8, ...)."""
 
@@ -46,3 +73,34 @@ class ContextOverflowError(InputError):
 
 class DataError(PldError):
     """A dataset or records file is malformed."""
+
+
+class BaselineError(PldError):
+    """A baseline spec is malformed, or a few-shot baseline lacks its training examples."""
+
+
+# ---- the distiller --------------------------------------------------------------------------
+
+
+class DistillError(PldError):
+    """A distillation run cannot go on as configured (no usable rule, no cluster, budget)."""
+
+
+class TeacherError(PldError):
+    """The teacher could not be configured, reached, or gave no usable reply."""
+
+
+class TeacherUnreachableError(TeacherError):
+    """Nothing answers at the teacher's base URL."""
+
+
+class TeacherAuthError(TeacherError):
+    """The teacher rejected the API key (HTTP 401 or 403)."""
+
+
+class MalformedReplyError(TeacherError):
+    """A reply holds no JSON object of the expected shape; ``text`` is the reply itself."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text

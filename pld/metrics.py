@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
+from pld.errors import DataError
+
 __all__ = ["LabelScores", "Report", "bootstrap_ci", "macro_f1", "score"]
 
 
@@ -60,7 +62,10 @@ def score(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> Re
     """Accuracy, Macro-F1, per-label scores and the confusion matrix."""
     unknown = sorted({*gold, *pred} - set(labels))
     if unknown:
-        raise ValueError(f"labels {unknown} are not in the label set {list(labels)}")
+        raise DataError(
+            f"labels {unknown} are not in the label set {list(labels)}; fix the gold labels "
+            "or the predictions so that both use the task's labels"
+        )
     m = _confusion(gold, pred, labels)
     precision, recall, f1 = _per_label(m)
     n = int(m.sum())

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from pld.errors import BundleError
+from pld.files import atomic_write
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -265,9 +266,4 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write a bundle (digest refreshed) atomically, pretty-printed for human review."""
     validate(bundle)
     bundle = msgspec.structs.replace(bundle, digest=bundle_digest(bundle))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(bundle), indent=2) + b"\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, msgspec.json.format(msgspec.json.encode(bundle), indent=2) + b"\n")

@@ -1,12 +1,14 @@
 """The public face of the runtime: a bundle plus a model, classifying text into the bundle's labels.
 
 Owns input checks, the prompt split into prefix and suffix, label scoring and contextual
-calibration, and the prefix-state cache. The heavy lifting is ``engine.Engine``; which file a
-model name means is ``pld.models``.
+calibration, and the prefix-state cache. The heavy lifting is ``engine.Engine``; the weights are
+a ``model.Model`` that several classifiers may share; which file a model name means is
+``pld.models``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Sequence
@@ -19,14 +21,17 @@ import numpy.typing as npt
 
 import pld.models as models
 from pld.errors import ContextOverflowError, InputError, ModelMismatchError
+from pld.paths import prefix_states_dir
 
 from .bundle import Bundle, load_bundle
-from .engine import Engine, EngineConfig, Model, label_room
+from .engine import Engine, label_room
+from .model import Model
+from .options import ClassifierOptions
 from .prefix_cache import PrefixStateStore, state_key
 from .store import resolve_bundle_path
 from .template import CHAT_FORMATS, ChatFormat, Segment
 
-__all__ = ["Classifier", "Prediction", "Timings"]
+__all__ = ["Classifier", "Prediction", "Timings", "mismatch_message"]
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,41 +77,61 @@ def _check_text(text: str | bytes) -> str:
     return text
 
 
+def mismatch_message(bundle: Bundle, resolved: models.ResolvedModel) -> str | None:
+    """Why ``resolved`` is not the model file ``bundle`` was validated with, or None if it is."""
+    expected = bundle.student.sha256
+    if not expected or resolved.sha256 == expected:
+        return None
+    return (
+        f"model file {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
+        f"bundle '{bundle.name}' was validated with ({bundle.student.model}, sha256 "
+        f"{expected[:12]}...); use that model, or pass allow_model_mismatch=True / "
+        "--allow-model-mismatch to run it anyway"
+    )
+
+
 class Classifier:
-    """Classify text with a bundle's system prompt, evaluated once and reused for every request."""
+    """Classify text with a bundle's system prompt, evaluated once and reused for every request.
+
+    ``Classifier.open`` loads the bundle's student (or ``model``) and owns it; to run several
+    bundles on one set of weights, open a ``Model`` once and pass it to each classifier.
+    """
 
     def __init__(
         self,
         bundle: Bundle,
         model: Model,
-        resolved: models.ResolvedModel,
+        options: ClassifierOptions | None = None,
         *,
-        config: EngineConfig,
-        calibrate: bool | None = None,
-        prefix_cache: bool = True,
-        state_dir: Path | None = None,
-        truncate: bool = False,
         system_prompt: str | None = None,
+        owns_model: bool = False,
     ) -> None:
+        opts = options or ClassifierOptions()
+        if (msg := mismatch_message(bundle, model.resolved)) is not None:
+            if bundle.student.on_mismatch == "error" and not opts.allow_model_mismatch:
+                raise ModelMismatchError(msg)
+            warnings.warn(msg, stacklevel=2)
         self.bundle = bundle
         self.labels = bundle.labels
         self.model = model
-        self.resolved = resolved
-        self.truncate = truncate
-        self.format: ChatFormat = CHAT_FORMATS[resolved.chat_format]
+        self.resolved = model.resolved
+        self.options = opts
+        self.owns_model = owns_model
+        self.truncate = opts.truncate
+        self.format: ChatFormat = CHAT_FORMATS[model.resolved.chat_format]
         system = bundle.system_prompt if system_prompt is None else system_prompt
         self.prefix_tokens = self._tokens(self.format.prefix(system), bos=True)
         self.label_tokens = [model.tokenize(name, special=False) for name in self.labels]
         self._tail = self._tokens([(self.format.turn_end, True)], bos=False)
         lanes = 1 if label_room(self.label_tokens) == 0 else len(self.labels)
+        config = dataclasses.replace(opts.engine_config(), n_gpu_layers=model.n_gpu_layers)
         self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
-        self.calibrated = (
-            (bundle.runtime.calibration == "contextual") if calibrate is None else calibrate
-        )
+        wanted = opts.calibrate
+        self.calibrated = bundle.runtime.calibration == "contextual" if wanted is None else wanted
         self._cf: npt.NDArray[np.float64] | None = None
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
-        self._prepare(prefix_cache, state_dir)
+        self._prepare(opts.prefix_cache, opts.state_dir)
 
     # -- construction --------------------------------------------------------------------
 
@@ -114,65 +139,35 @@ class Classifier:
     def open(
         cls,
         bundle: str | Path | Bundle,
+        options: ClassifierOptions | None = None,
         *,
-        model: str | None = None,
-        n_ctx: int = 0,
-        n_threads: int = 0,
-        n_gpu_layers: int = 0,
-        max_batch: int = 1,
-        n_batch: int = 512,
-        max_input_tokens: int = 2048,
-        flash_attn: bool = False,
-        calibrate: bool | None = None,
-        prefix_cache: bool = True,
-        state_dir: str | Path | None = None,
-        truncate: bool = False,
-        allow_model_mismatch: bool = False,
+        model: str | Model | None = None,
         system_prompt: str | None = None,
+        **overrides: Any,
     ) -> Classifier:
         """Load a bundle (path or shipped name) and its student model, and prime the prefix.
 
-        ``model`` overrides the bundle's student (a registry name or a .gguf path). A model file
-        whose sha256 differs from the bundle's raises unless ``allow_model_mismatch``.
+        ``options`` (or keyword ``overrides`` of its fields, e.g. ``max_batch=8``) set how it
+        runs. ``model`` overrides the bundle's student: a registry name, a .gguf path, or a
+        loaded ``Model`` to share (the classifier then leaves it open on ``close``). A model
+        file whose sha256 differs from the bundle's raises unless ``allow_model_mismatch``.
         ``system_prompt`` replaces the bundle's (benchmarks use "" for the floor).
-        ``max_batch`` 1 (the default) runs requests one at a time on a windowed sliding-window
-        cache, the fastest layout on a CPU; larger values decode that many requests together.
         """
+        opts = dataclasses.replace(options or ClassifierOptions(), **overrides)
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(resolve_bundle_path(bundle))
+        if isinstance(model, Model):
+            return cls(bundle, model, opts, system_prompt=system_prompt)
         resolved = models.resolve(model or bundle.student.model)
-        expected = bundle.student.sha256
-        if expected and resolved.sha256 != expected:
-            msg = (
-                f"model file {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
-                f"bundle '{bundle.name}' was validated with ({bundle.student.model}, sha256 "
-                f"{expected[:12]}...); use that model, or pass allow_model_mismatch=True / "
-                "--allow-model-mismatch to run it anyway"
-            )
-            if bundle.student.on_mismatch == "error" and not allow_model_mismatch:
-                raise ModelMismatchError(msg)
-            warnings.warn(msg, stacklevel=2)
-        config = EngineConfig(
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            max_batch=max_batch,
-            n_batch=n_batch,
-            max_input_tokens=max_input_tokens,
-            flash_attn=flash_attn,
-        )
-        llm = Model(resolved.path, n_gpu_layers=n_gpu_layers)
-        return cls(
-            bundle,
-            llm,
-            resolved,
-            config=config,
-            calibrate=calibrate,
-            prefix_cache=prefix_cache,
-            state_dir=Path(state_dir) if state_dir else None,
-            truncate=truncate,
-            system_prompt=system_prompt,
-        )
+        msg = mismatch_message(bundle, resolved)
+        if msg and bundle.student.on_mismatch == "error" and not opts.allow_model_mismatch:
+            raise ModelMismatchError(msg)  # before spending seconds on loading the weights
+        llm = Model(resolved, n_gpu_layers=opts.n_gpu_layers)
+        try:
+            return cls(bundle, llm, opts, system_prompt=system_prompt, owns_model=True)
+        except BaseException:
+            llm.close()
+            raise
 
     def _tokens(self, segments: Sequence[Segment], *, bos: bool) -> list[int]:
         out = [self.model.bos] if bos and self.model.add_bos else []
@@ -197,7 +192,7 @@ class Classifier:
         )
 
     def _prepare(self, use_cache: bool, state_dir: Path | None) -> None:
-        store = PrefixStateStore(state_dir or models.cache_dir() / "prefix-states")
+        store = PrefixStateStore(Path(state_dir) if state_dir else prefix_states_dir())
         key = self._state_key()
         cf_key = state_key(inputs=self.bundle.runtime.content_free_inputs, labels=self.label_tokens)
         if use_cache:
@@ -240,7 +235,12 @@ class Classifier:
         p = np.exp(x)
         return p / p.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
-    def _suffix(self, text: str | bytes) -> tuple[list[int], bool]:
+    def request_tokens(self, text: str | bytes) -> tuple[list[int], bool]:
+        """The tokens one request decodes after the prefix, and whether its input was cut.
+
+        Raises ``InputError`` for empty or non-UTF-8 text and ``ContextOverflowError`` for an
+        input that does not fit (unless the classifier truncates).
+        """
         body = self.model.tokenize(_check_text(text), special=False)
         room = self.engine.capacity(len(self._tail), label_room(self.label_tokens))
         room = min(room, self.engine.config.max_input_tokens - len(self._tail))
@@ -285,7 +285,7 @@ class Classifier:
         if not texts:
             return []
         t0 = time.perf_counter()
-        prepared = [self._suffix(t) for t in texts]
+        prepared = [self.request_tokens(t) for t in texts]
         t1 = time.perf_counter()
         logp = self.engine.score([s for s, _ in prepared], self.label_tokens)
         t2 = time.perf_counter()
@@ -307,7 +307,7 @@ class Classifier:
         It discards the primed prefix; use it on a classifier opened for that purpose.
         """
         t0 = time.perf_counter()
-        suf, cut = self._suffix(text)
+        suf, cut = self.request_tokens(text)
         logp = self.engine.score_full(self.prefix_tokens, suf, self.label_tokens)
         ms = (time.perf_counter() - t0) * 1000
         return self._predict(
@@ -326,9 +326,10 @@ class Classifier:
         return "gpu-offload" if gpu else "cpu"
 
     def close(self) -> None:
-        """Free the context and the model."""
+        """Free the context, and the model if this classifier loaded it."""
         self.engine.close()
-        self.model.close()
+        if self.owns_model:
+            self.model.close()
 
     def __enter__(self) -> Classifier:
         return self

@@ -13,8 +13,13 @@ import msgspec
 import typer
 
 from pld.errors import InputError
+from pld.progress import progress
 
-from .bundle import Bundle, load_bundle
+from .audit import render_audit
+from .bundle import load_bundle
+from .classifier import Classifier
+from .options import ClassifierOptions
+from .records import read_records
 from .store import resolve_bundle_path, shipped_bundles
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Inspect and check instruction bundles.")
@@ -26,12 +31,6 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student)."),
 ]
-
-
-def _open(bundle: str, model: str | None, **kw: object):  # type: ignore[no-untyped-def]
-    from .classifier import Classifier
-
-    return Classifier.open(bundle, model=model, **kw)  # type: ignore[arg-type]
 
 
 def classify(
@@ -64,9 +63,7 @@ def classify(
     """Classify TEXT, or every line of --input, printing one JSON prediction per line."""
     if (text is None) == (input is None):
         raise InputError("give either TEXT or --input FILE (not both, not neither)")
-    clf = _open(
-        bundle,
-        model,
+    options = ClassifierOptions(
         calibrate=calibrate,
         truncate=truncate,
         n_ctx=n_ctx,
@@ -75,23 +72,22 @@ def classify(
         max_batch=batch_size,
         allow_model_mismatch=allow_model_mismatch,
     )
+    clf = Classifier.open(bundle, options, model=model)
     out = sys.stdout.buffer
     try:
         if text is not None:
             out.write(msgspec.json.encode(clf.classify(text)) + b"\n")
             return
-        from .records import read_records
-
         assert input is not None
         records = list(read_records(input))
-        with typer.progressbar(length=len(records), label="classifying", file=sys.stderr) as bar:
+        with progress("classifying", len(records)) as update:
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
                 preds = clf.classify_many([r.text for r in chunk], ids=[r.id for r in chunk])
                 for p in preds:
                     out.write(msgspec.json.encode(p) + b"\n")
                 out.flush()
-                bar.update(len(chunk))
+                update(start + len(chunk), len(records))
     finally:
         clf.close()
 
@@ -112,7 +108,8 @@ def demo(
     typer.echo(
         "loading the default model and priming the StereoSet bundle's system prompt...", err=True
     )
-    clf = _open("stereoset", model, n_threads=threads, allow_model_mismatch=model is not None)
+    options = ClassifierOptions(n_threads=threads, allow_model_mismatch=model is not None)
+    clf = Classifier.open("stereoset", options, model=model)
     try:
         how = (
             f"restored in {clf.restore_ms:.0f} ms"
@@ -137,44 +134,7 @@ def demo(
 def show(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")]) -> None:
     """Render a bundle's task, labels and numbered rules for a human auditor."""
     b = load_bundle(resolve_bundle_path(bundle))
-    typer.echo(render(b))
-
-
-def render(b: Bundle) -> str:
-    """A plain-text audit view of a bundle."""
-    lines = [
-        f"{b.name} {b.version}  (schema {b.schema_version}, created {b.created_at})",
-        f"digest   {b.digest}",
-        f"student  {b.student.model}  sha256 {b.student.sha256 or '-'}  on mismatch: {b.student.on_mismatch}",
-        f"scoring  calibration: {b.runtime.calibration}",
-        "",
-        f"Task: {b.task.name}",
-        f"  {b.task.description}",
-        f"  Input format: {b.task.input_format}",
-        "",
-        "Labels:",
-    ]
-    lines += [f"  - {lab.name}: {lab.definition}" for lab in b.task.labels]
-    lines += ["", f"Rules ({len(b.instructions)}):"]
-    if not b.instructions:
-        lines.append("  (none: zero-shot, the student sees only the task and the labels)")
-    for i, ins in enumerate(b.instructions, 1):
-        src = f"[{ins.id}; support {ins.support}; cluster {ins.cluster}; round {ins.round}]"
-        lines.append(f"  {i}. {ins.text}  {src}")
-    if b.metrics:
-        m = b.metrics
-        lines += [
-            "",
-            f"Metrics ({m.split}, n={m.n}): Macro-F1 {m.macro_f1:.3f}, accuracy {m.accuracy:.3f}"
-            + (
-                f"; zero-shot Macro-F1 {m.zero_shot_macro_f1:.3f}"
-                if m.zero_shot_macro_f1 is not None
-                else ""
-            ),
-        ]
-    if b.provenance:
-        lines += ["", "Provenance:"] + [f"  {k}: {v}" for k, v in sorted(b.provenance.items())]
-    return "\n".join(lines)
+    typer.echo(render_audit(b))
 
 
 @bundle_app.command("validate")

@@ -14,34 +14,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from pld.errors import ContextOverflowError, ModelError
+from pld.errors import ConfigError, ContextOverflowError, ModelError
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "Model", "label_room", "quiet_llama"]
+from .model import Model
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "label_room"]
 
 L_SWA_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: only the sliding-window cache
-
-_LOG_CALLBACK: Any = None
-
-
-def quiet_llama() -> None:
-    """Silence llama.cpp's stderr chatter unless PLD_LLAMA_LOG=1 (set once per process)."""
-    global _LOG_CALLBACK
-    if _LOG_CALLBACK is not None or os.environ.get("PLD_LLAMA_LOG") == "1":
-        return
-    import llama_cpp.llama_cpp as L
-
-    @L.llama_log_callback  # type: ignore[untyped-decorator]
-    def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        return None
-
-    _LOG_CALLBACK = _drop
-    L.llama_log_set(_drop, ctypes.c_void_p(0))
 
 
 @dataclass
@@ -77,61 +61,6 @@ class EngineStats:
     restores: int = 0
     requests: int = 0
     decode_calls: int = 0
-
-
-class Model:
-    """A loaded GGUF model and its vocabulary; one model can serve several engines."""
-
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0) -> None:
-        import llama_cpp.llama_cpp as L
-
-        quiet_llama()
-        L.llama_backend_init()
-        self._L = L
-        self.path = str(path)
-        params = L.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        ptr = L.llama_model_load_from_file(self.path.encode(), params)
-        if not ptr:
-            raise ModelError(
-                f"llama.cpp could not load {self.path}; check that it is a GGUF file this "
-                "llama-cpp-python supports (pld models path NAME re-verifies registry models)"
-            )
-        self.ptr = ptr
-        self.vocab = L.llama_model_get_vocab(ptr)
-        self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
-        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
-        self.bos = int(L.llama_vocab_bos(self.vocab))
-        self.n_ctx_train = int(L.llama_model_n_ctx_train(ptr))
-        self.n_swa = int(L.llama_model_n_swa(ptr))
-        self.n_layer = int(L.llama_model_n_layer(ptr))
-        buf = ctypes.create_string_buffer(256)
-        L.llama_model_desc(ptr, buf, 256)
-        self.description = buf.value.decode(errors="replace")
-
-    def tokenize(self, text: str, *, special: bool) -> list[int]:
-        """Token ids of ``text`` (no BOS); ``special`` parses control tokens like <end_of_turn>."""
-        raw = text.encode("utf-8")
-        cap = len(raw) + 16
-        arr = (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self.vocab, raw, len(raw), arr, cap, False, special)
-        if n < 0:
-            cap = -n
-            arr = (self._L.llama_token * cap)()
-            n = self._L.llama_tokenize(self.vocab, raw, len(raw), arr, cap, False, special)
-        return list(arr[:n])
-
-    def piece(self, token: int) -> str:
-        """The text of one token."""
-        buf = ctypes.create_string_buffer(128)
-        n = self._L.llama_token_to_piece(self.vocab, token, buf, 128, 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
-
-    def close(self) -> None:
-        """Free the model (engines using it must be closed first)."""
-        if getattr(self, "ptr", None):
-            self._L.llama_model_free(self.ptr)
-            self.ptr = None
 
 
 @dataclass
@@ -195,7 +124,7 @@ class Engine:
         prefix_len: int = 0,
         lanes: int = 1,
     ) -> None:
-        L = model._L
+        L = model.lib
         self._L = L
         self.model = model
         self.config = cfg = config or EngineConfig()
@@ -207,9 +136,16 @@ class Engine:
         self.windowed = cfg.max_batch == 1 and self.n_labels == 1 and not cfg.swa_full
         # seq 0: prefix; then (shared layout) one block of lanes per batched request.
         self.n_seq = 1 if self.windowed else 1 + cfg.max_batch * self.n_labels
+        if cfg.max_batch < 1 or cfg.n_batch < 1:
+            raise ConfigError(
+                f"max_batch ({cfg.max_batch}) and n_batch ({cfg.n_batch}) must be at least 1; "
+                "pass a positive --batch-size"
+            )
         if self.n_seq > 256:
-            raise ValueError(
-                f"max_batch x labels = {self.n_seq - 1} sequences; llama.cpp allows 255"
+            raise ConfigError(
+                f"max_batch {cfg.max_batch} x {self.n_labels} label lanes = {self.n_seq - 1} "
+                "sequences, but llama.cpp allows 255; lower max_batch (--batch-size) to at most "
+                f"{255 // self.n_labels}"
             )
         n_ctx = cfg.n_ctx or prefix_len + cfg.max_input_tokens + 64
         n_ctx = min(-(-n_ctx // 256) * 256, max(model.n_ctx_train, 256))
@@ -330,7 +266,7 @@ class Engine:
         afterwards, so request i never sees request j and the prefix is left as primed.
         """
         if not self.prefix:
-            raise RuntimeError("engine has no primed prefix; call prime() or restore() first")
+            raise ConfigError("the engine has no primed prefix; call prime() or restore() first")
         out = np.empty((len(suffixes), len(labels)), dtype=np.float64)
         step = self.config.max_batch
         p0 = len(self.prefix)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pld.files import atomic_writer
+
 __all__ = ["PrefixStateStore", "state_key"]
 
 _MAGIC = b"PLDSTATE1\n"
@@ -54,15 +56,12 @@ class PrefixStateStore:
 
     def save(self, key: str, header: dict[str, Any], data: bytes) -> Path:
         """Write atomically, then drop the least recently used files beyond ``keep``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         head = dict(header, key=key, size=len(data))
-        with tmp.open("wb") as fh:
+        with atomic_writer(path) as fh:
             fh.write(_MAGIC)
             fh.write(json.dumps(head, sort_keys=True).encode() + b"\n")
             fh.write(data)
-        os.replace(tmp, path)
         self._prune()
         return path
 

@@ -1,7 +1,7 @@
 """Input records: JSON Lines with an ``id``, a ``text`` and optionally a gold ``label``.
 
-Reading is strict and line-numbered: a bad line names the file, the line and the fix. Knows
-nothing about models or bundles.
+Reading is strict and line-numbered (``pld.files.read_jsonl``): a bad line names the file, the
+line and the fix. Knows nothing about models or bundles.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from pld.errors import DataError
+from pld.files import read_jsonl
 
 __all__ = ["Record", "read_records"]
 
@@ -26,36 +27,19 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
 
 def read_records(path: str | Path, *, limit: int | None = None) -> Iterator[Record]:
     """Yield records from a JSON Lines file (blank lines skipped; ids default to line numbers)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"records file {path} does not exist")
     n = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if limit is not None and n >= limit:
-                return
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column "
-                    f"{exc.start}); re-encode the file as UTF-8"
-                ) from None
-            try:
-                obj = msgspec.json.decode(line)
-            except msgspec.DecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not a JSON object ({exc})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError(
-                    f"{path}:{lineno}: each line must be a JSON object with a string field "
-                    "'text' (and optionally 'id' and 'label')"
-                )
-            label = obj.get("label")
-            yield Record(
-                id=str(obj.get("id", lineno)),
-                text=obj["text"],
-                label=None if label is None else str(label),
+    for lineno, obj in read_jsonl(path):
+        if limit is not None and n >= limit:
+            return
+        if not isinstance(obj.get("text"), str):
+            raise DataError(
+                f"{path}:{lineno}: each line must be a JSON object with a string field "
+                "'text' (and optionally 'id' and 'label')"
             )
-            n += 1
+        label = obj.get("label")
+        yield Record(
+            id=str(obj.get("id", lineno)),
+            text=obj["text"],
+            label=None if label is None else str(label),
+        )
+        n += 1

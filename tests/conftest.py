@@ -12,11 +12,21 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
+# The core tests read this small committed sample of the benchmarks (scripts/make_fixtures.py
+# writes it from ../shared/data), so they run, and never skip, without the shared data.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 DATA = Path(os.environ.get("PLD_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
 def data_file(task: str, split: str = "dev") -> Path:
-    """A benchmark split's file in ../shared/data (the test is skipped where it is missing)."""
+    """The committed fixture of a benchmark split (a few dozen records, all labels)."""
+    path = FIXTURES / task / f"{split}.jsonl"
+    assert path.is_file(), f"{path} is missing; run python scripts/make_fixtures.py"
+    return path
+
+
+def full_data_file(task: str, split: str = "dev") -> Path:
+    """A whole benchmark split from ../shared/data; the test is skipped where it is missing."""
     path = DATA / task / f"{split}.jsonl"
     if not path.exists():
         pytest.skip(f"benchmark data not found at {path}; set PLD_DATA_DIR")
@@ -24,15 +34,14 @@ def data_file(task: str, split: str = "dev") -> Path:
 
 
 def records(task: str, split: str = "dev", n: int = 10) -> list[dict]:
-    """The first ``n`` records of a benchmark split from ../shared/data."""
-    path = data_file(task, split)
+    """The first ``n`` records of a split's fixture (there must be at least ``n``)."""
     out = []
-    with path.open() as fh:
+    with data_file(task, split).open(encoding="utf-8") as fh:
         for line in fh:
             out.append(json.loads(line))
             if len(out) == n:
-                break
-    return out
+                return out
+    raise AssertionError(f"the {task} {split} fixture has {len(out)} records, not {n}")
 
 
 @pytest.fixture(scope="session", autouse=True)

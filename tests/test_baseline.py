@@ -11,19 +11,22 @@ import pytest
 from conftest import data_file, records
 from typer.testing import CliRunner
 
-from pld.bench.baseline import (
-    Baseline,
-    BaselineError,
-    baseline_prompt,
-    clip,
-    draw_examples,
-    parse_baseline,
-)
+from pld.bench.baseline import Baseline, baseline_prompt, draw_examples, parse_baseline
 from pld.cli import app
-from pld.errors import DataError
-from pld.runtime import Classifier, Instruction, Label, Task, load_bundle, resolve_bundle_path
+from pld.errors import BaselineError, DataError
+from pld.runtime import (
+    Bundle,
+    Classifier,
+    Instruction,
+    Label,
+    Task,
+    load_bundle,
+    resolve_bundle_path,
+    save_bundle,
+)
 from pld.runtime.bundle import render_system_prompt
 from pld.runtime.records import Record
+from pld.text import clip
 
 runner = CliRunner()
 STEREOSET = ["stereotype", "anti-stereotype", "unrelated"]
@@ -47,7 +50,7 @@ TINY_PROMPT = (
 )
 
 
-def _train(n: int = 300) -> list[Record]:
+def _train(n: int = 60) -> list[Record]:
     return [
         Record(id=r["id"], text=r["text"], label=r["label"])
         for r in records("stereoset", "train", n)
@@ -105,9 +108,9 @@ def test_draw_skips_labels_without_records_and_checks_labels() -> None:
 
 
 def test_clip_keeps_start_and_end() -> None:
-    assert clip("  short  ") == "short"
+    assert clip("  short  ", 600, keep_end=True) == "short"
     long = "HEAD " + "x" * 5000 + " Hypothesis: the end."
-    cut = clip(long, 600)
+    cut = clip(long, 600, keep_end=True)
     assert len(cut) <= 600 and cut.startswith("HEAD ") and cut.endswith("Hypothesis: the end.")
     assert " [...] " in cut
 
@@ -178,34 +181,77 @@ def test_bad_baseline_exits_2_as_a_user_types_it() -> None:
     assert err.stderr.startswith("error: baseline 'few-shot:x'") and "Traceback" not in err.stderr
 
 
-def _eval(*args: str) -> dict:
+RULES = [
+    "A sentence that gives a group a trait its members are commonly assumed to have is a stereotype.",
+    "A sentence that gives a group the opposite of a commonly assumed trait is an anti-stereotype.",
+    "A sentence about something other than the target or the context is unrelated.",
+]
+
+
+@pytest.fixture(scope="module")
+def ruled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped StereoSet bundle with three rules: its zero-shot baseline must drop them."""
+    shipped = load_bundle(resolve_bundle_path("stereoset"))
+    bundle = Bundle.create(
+        name="stereoset-ruled",
+        task=shipped.task,
+        instructions=[Instruction(id=f"r{i}", text=t) for i, t in enumerate(RULES, 1)],
+        student=shipped.student,
+        runtime=shipped.runtime,
+    )
+    return save_bundle(bundle, tmp_path_factory.mktemp("ruled") / "ruled.pld.json")
+
+
+def _eval(*args: str, bundle: str = "stereoset") -> dict:
     data = data_file("stereoset", "dev")
     out = runner.invoke(
-        app, ["eval", "--bundle", "stereoset", "--data", str(data), "--limit", "6", *args]
+        app, ["eval", "--bundle", bundle, "--data", str(data), "--limit", "6", *args]
     )
     assert out.exit_code == 0, out.output
     return json.loads(out.stdout.strip().splitlines()[-1]) | {"_table": out.stdout}
 
 
+def test_zero_shot_prompt_drops_the_rules(ruled: Path) -> None:
+    bundle = load_bundle(ruled)
+    zero = baseline_prompt(bundle, parse_baseline("zero-shot"))
+    assert zero is not None and zero != bundle.system_prompt
+    assert all(rule in bundle.system_prompt and rule not in zero for rule in RULES)
+    assert zero == load_bundle(resolve_bundle_path("stereoset")).system_prompt
+
+
 @pytest.mark.model
-def test_zero_shot_of_a_rule_free_bundle_is_the_bundle() -> None:
-    own, zero = _eval(), _eval("--baseline", "zero-shot")
+def test_zero_shot_of_a_ruled_bundle_is_the_rule_free_task(ruled: Path) -> None:
+    own = _eval(bundle=str(ruled))
+    zero = _eval("--baseline", "zero-shot", bundle=str(ruled))
+    rule_free = _eval()  # the shipped bundle: the same task with no rules
     assert own["baseline"] == "none" and zero["baseline"] == "zero-shot" and zero["n"] == 6
+    assert zero["bundle"] == own["bundle"] == "stereoset-ruled"
     assert "baseline zero-shot" in zero["_table"]
     assert zero["train"] is None and zero["seed"] is None
     same = ("accuracy", "macro_f1", "per_label", "calibrated")
-    assert {k: zero[k] for k in same} == {k: own[k] for k in same}
+    assert {k: zero[k] for k in same} == {k: rule_free[k] for k in same}
 
 
 @pytest.mark.model
-def test_zero_shot_predictions_equal_the_bundles() -> None:
-    bundle = load_bundle(resolve_bundle_path("stereoset"))
+def test_zero_shot_predictions_are_the_rule_free_ones(ruled: Path) -> None:
+    bundle = load_bundle(ruled)
     texts = [r["text"] for r in records("stereoset", n=6)]
     zero = baseline_prompt(bundle, parse_baseline("zero-shot"))
-    with Classifier.open(bundle) as own, Classifier.open(bundle, system_prompt=zero) as base:
-        assert base.prefix_tokens == own.prefix_tokens
-        for a, b in zip(own.classify_many(texts), base.classify_many(texts)):
+    with (
+        Classifier.open(bundle) as own,
+        Classifier.open(bundle, system_prompt=zero) as base,
+        Classifier.open("stereoset") as rule_free,
+    ):
+        assert base.prefix_tokens == rule_free.prefix_tokens
+        assert len(own.prefix_tokens) > len(base.prefix_tokens)
+        with_rules = own.classify_many(texts)
+        for a, b in zip(rule_free.classify_many(texts), base.classify_many(texts)):
             assert a.label == b.label and a.probs == pytest.approx(b.probs, abs=1e-9)
+        # the rules reach the student: its probabilities move once they are dropped
+        assert any(
+            a.probs != pytest.approx(b.probs, abs=1e-6)
+            for a, b in zip(with_rules, base.classify_many(texts))
+        )
 
 
 @pytest.mark.model

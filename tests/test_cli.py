@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from conftest import data_file, records
 from typer.testing import CliRunner
 
 from pld.cli import app
-from pld.errors import BundleError, InputError
+from pld.errors import BundleError, ConfigError, InputError
+from pld.runtime import load_bundle, render_audit
 
 runner = CliRunner()
 
@@ -34,6 +37,8 @@ def test_show_numbers_rules_for_auditors() -> None:
     fixture = Path(__file__).parent / "fixtures" / "bundles" / "v1.json"
     out = runner.invoke(app, ["bundle", "show", str(fixture)])
     assert "  1. Praise of the product" in out.stdout and "support 7" in out.stdout
+    # the same view from Python, for tools that review bundles without the CLI
+    assert out.stdout == render_audit(load_bundle(fixture)) + "\n"
 
 
 def test_errors_reach_the_caller() -> None:
@@ -96,3 +101,44 @@ def test_subprocess_as_a_user_types_it(tmp_path: Path) -> None:
     )
     assert err.returncode == 2
     assert err.stderr.startswith("error: bundle") and "Traceback" not in err.stderr
+
+
+@pytest.mark.model
+def test_a_batch_too_large_for_llama_cpp_names_the_fix() -> None:
+    out = runner.invoke(app, ["classify", "--bundle", "stereoset", "--batch-size", "300", "x"])
+    assert isinstance(out.exception, ConfigError)
+    assert "llama.cpp allows 255" in str(out.exception) and "--batch-size" in str(out.exception)
+    out = runner.invoke(app, ["classify", "--bundle", "stereoset", "--batch-size", "0", "x"])
+    assert isinstance(out.exception, ConfigError) and "at least 1" in str(out.exception)
+
+
+@pytest.mark.model
+def test_ctrl_c_on_classify_says_interrupted_without_the_distillers_hint(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    text = "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring."
+    src.write_text("".join(json.dumps({"id": str(i), "text": text}) + "\n" for i in range(5000)))
+
+    def interruptible() -> None:  # a shell's background job ignores SIGINT; a terminal does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    pld = str(Path(sys.executable).parent / "pld")
+    run = subprocess.Popen(
+        [pld, "classify", "--bundle", "stereoset", "--input", str(src)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+    try:
+        assert run.stdout is not None
+        first = run.stdout.readline()  # it is classifying now
+        assert json.loads(first)["id"] == "0"
+        time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert stderr.rstrip().endswith("interrupted") and "Traceback" not in stderr
+    assert "teacher" not in stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pld.errors import DataError
 from pld.metrics import bootstrap_ci, macro_f1, score
 
 LABELS = ["a", "b", "c"]
@@ -28,7 +29,7 @@ def test_constant_predictor_macro_f1() -> None:
 
 
 def test_unknown_label_is_an_error() -> None:
-    with pytest.raises(ValueError, match="'d'"):
+    with pytest.raises(DataError, match="'d'"):
         score(["a"], ["d"], LABELS)
 
 
