@@ -23,8 +23,9 @@ import pld.models as models
 from pld.errors import ContextOverflowError, InputError, ModelMismatchError
 from pld.paths import prefix_states_dir
 
+from .batch import label_room
 from .bundle import Bundle, load_bundle
-from .engine import Engine, label_room
+from .engine import Engine
 from .model import Model
 from .options import ClassifierOptions
 from .prefix_cache import PrefixStateStore, state_key

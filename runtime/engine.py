@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,10 @@ import numpy.typing as npt
 
 from pld.errors import ConfigError, ContextOverflowError, ModelError
 
+from .batch import LlamaBatch, label_room
 from .model import Model
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "label_room"]
+__all__ = ["Engine", "EngineConfig", "EngineStats"]
 
 L_SWA_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: only the sliding-window cache
 
@@ -61,46 +62,6 @@ class EngineStats:
     restores: int = 0
     requests: int = 0
     decode_calls: int = 0
-
-
-@dataclass
-class _Batch:
-    """A reusable llama_batch with room for ``cap`` tokens in up to ``n_seq`` sequences each."""
-
-    L: Any
-    cap: int
-    n_seq: int
-    raw: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.raw = self.L.llama_batch_init(self.cap, 0, self.n_seq)
-
-    def fill(self, items: Sequence[tuple[int, int, Sequence[int], bool]]) -> None:
-        """Set the batch to ``(token, pos, seq_ids, wants_logits)`` items."""
-        b = self.raw
-        for i, (tok, pos, seqs, out) in enumerate(items):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = len(seqs)
-            row = b.seq_id[i]
-            for j, s in enumerate(seqs):
-                row[j] = s
-            b.logits[i] = 1 if out else 0
-        b.n_tokens = len(items)
-
-    def free(self) -> None:
-        self.L.llama_batch_free(self.raw)
-
-
-def label_room(labels: Sequence[Sequence[int]]) -> int:
-    """KV cells one request needs beyond its suffix to score ``labels``.
-
-    0 when every label's first token differs (one forward step decides); otherwise every label
-    gets a lane that is fed its tokens but the last, teacher-forced.
-    """
-    if len({lab[0] for lab in labels}) == len(labels):
-        return 0
-    return len(labels) * (max(len(lab) for lab in labels) - 1)
 
 
 class Engine:
@@ -174,7 +135,7 @@ class Engine:
         self.mem = L.llama_get_memory(ctx)
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.prefix: list[int] = []
-        self._batch = _Batch(L, cfg.n_batch, self.n_labels)
+        self._batch = LlamaBatch(L, cfg.n_batch, self.n_labels)
         self._window: Any = None  # checkpoint of the prefix's sliding-window cells (windowed)
 
     # -- prefix --------------------------------------------------------------------------
