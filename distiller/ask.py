@@ -1,49 +1,24 @@
 """Ask a teacher for JSON replies of a given shape, repairing or retrying the malformed ones.
 
-Also owns the prompt files (``distiller/prompts/*.md``, ``$name`` placeholders) and the
-progress bars every stage shows. Knows nothing about what the stages do with the replies.
+Counts what each stage asked, repaired and gave up on (``AskStats``). Knows nothing about the
+prompts' contents or what the stages do with the replies.
 """
 
 from __future__ import annotations
 
-import hashlib
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from functools import cache
-from importlib import resources
-from string import Template
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import msgspec
-import typer
 
-from pld.distiller.cache import ResponseCache
-from pld.distiller.teacher import ChatRequest, ChatResult, MalformedReply, parse_json
+from pld.distiller.teacher import ChatRequest, Teacher, parse_json
+from pld.errors import MalformedReplyError
+from pld.progress import progress
+from pld.text import clip
 
-__all__ = ["AskStats", "Teacher", "ask_json", "cut", "progress", "prompt", "prompt_hashes"]
+__all__ = ["AskStats", "ask_json"]
 
 T = TypeVar("T")
-PROMPTS = ("extract", "consolidate", "revise")
-
-
-class Teacher(Protocol):
-    """What the stages need of a backend (``OpenAITeacher``, ``LocalTeacher``)."""
-
-    model: str
-    cache: ResponseCache
-
-    def chat_many(
-        self,
-        requests: Sequence[ChatRequest],
-        *,
-        concurrency: int = 8,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[ChatResult]: ...
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
-
-    def close(self) -> None: ...
 
 
 class AskStats(msgspec.Struct, kw_only=True):
@@ -56,39 +31,6 @@ class AskStats(msgspec.Struct, kw_only=True):
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-@cache
-def _prompt_bytes(name: str) -> bytes:
-    return (resources.files("pld.distiller") / "prompts" / f"{name}.md").read_bytes()
-
-
-def prompt(name: str, **values: object) -> str:
-    """Fill the ``$placeholders`` of ``prompts/NAME.md``; a missing value is an error."""
-    return (
-        Template(_prompt_bytes(name).decode("utf-8"))
-        .substitute({k: str(v) for k, v in values.items()})
-        .strip()
-    )
-
-
-def prompt_hashes() -> dict[str, str]:
-    """``sha256:`` of each prompt file, for a bundle's provenance."""
-    return {n: "sha256:" + hashlib.sha256(_prompt_bytes(n)).hexdigest() for n in PROMPTS}
-
-
-@contextmanager
-def progress(label: str, total: int, *, show: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr; yields a ``(done, total)`` callback."""
-    with typer.progressbar(length=total, label=label, file=sys.stderr, hidden=not show) as bar:
-        seen = 0
-
-        def update(done: int, _total: int) -> None:
-            nonlocal seen
-            bar.update(done - seen)
-            seen = done
-
-        yield update
 
 
 def ask_json(
@@ -136,7 +78,7 @@ def ask_json(
             try:
                 value = parse_json(reply.text, type)
                 problem = check(value) if check else None
-            except MalformedReply as exc:
+            except MalformedReplyError as exc:
                 problem = str(exc).split(";")[0]
             if problem is None:
                 results[i] = value
@@ -144,7 +86,7 @@ def ask_json(
                 continue
             retry[i] = pending[i] + [
                 # a runaway reply is cut, so that the repair still fits the teacher's context
-                {"role": "assistant", "content": cut(reply.text, max_echo_chars)},
+                {"role": "assistant", "content": clip(reply.text, max_echo_chars)},
                 {
                     "role": "user",
                     "content": f"That reply cannot be used: {problem}. Answer again with only "
@@ -154,8 +96,3 @@ def ask_json(
         pending = retry
     stats.failed += len(pending)
     return results
-
-
-def cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and a ``[...]`` mark."""
-    return text if len(text) <= limit else text[:limit] + " [...]"

@@ -1,17 +1,19 @@
 """Turn a ``--teacher`` spec into a backend: ``openai:MODEL@BASE_URL`` or ``local:NAME_OR_PATH``.
 
-Knows the spec syntax and which class serves it, nothing about prompts or stages.
+Knows the spec syntax and which class serves it, nothing about prompts or stages. Each backend
+is imported only when a spec asks for it (httpx for one, llama-cpp-python for the other).
+``TeacherPool`` keeps the backends of one run: one per spec, all closed together.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pld.distiller.ask import Teacher
 from pld.distiller.cache import ResponseCache
-from pld.distiller.teacher import OpenAITeacher, TeacherError
+from pld.distiller.teacher import Teacher
+from pld.errors import TeacherError
 
-__all__ = ["open_teacher"]
+__all__ = ["TeacherPool", "open_teacher"]
 
 
 def open_teacher(spec: str, *, cache: ResponseCache, **openai: Any) -> Teacher:
@@ -22,9 +24,36 @@ def open_teacher(spec: str, *, cache: ResponseCache, **openai: Any) -> Teacher:
 
         return LocalTeacher(spec[len("local:") :], cache=cache)
     if spec.startswith("openai:"):
+        from pld.distiller.openai_teacher import OpenAITeacher
+
         return OpenAITeacher.from_spec(spec, cache=cache, **openai)
     raise TeacherError(
         f"malformed teacher spec {spec!r}; use 'openai:MODEL@BASE_URL' (any OpenAI-compatible "
         "server; key from PLD_TEACHER_API_KEY or OPENAI_API_KEY) or 'local:NAME_OR_PATH' (a GGUF "
         "run with llama-cpp-python, e.g. 'local:smollm2-135m-instruct')"
     )
+
+
+class TeacherPool:
+    """Teachers by spec sharing one cache: each opened on first use, all closed together."""
+
+    def __init__(self, cache: ResponseCache, **openai: Any) -> None:
+        self.cache, self.openai = cache, openai
+        self.opened: dict[str, Teacher] = {}
+
+    def get(self, spec: str) -> Teacher:
+        """The teacher for ``spec``, opened the first time it is asked for."""
+        if spec not in self.opened:
+            self.opened[spec] = open_teacher(spec, cache=self.cache, **self.openai)
+        return self.opened[spec]
+
+    def close(self) -> None:
+        """Close every teacher opened so far."""
+        for teacher in self.opened.values():
+            teacher.close()
+
+    def __enter__(self) -> TeacherPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,8 +1,8 @@
 """A content-addressed on-disk cache of teacher requests and responses, shared by all stages.
 
 The key is the sha256 of a request's canonical JSON (endpoint kind, model, messages or input,
-parameters), one file per entry, written atomically so concurrent threads and processes are
-safe. It counts calls, hits and tokens. It knows nothing about HTTP or about any one stage.
+parameters), one file per entry, written atomically (``pld.files.atomic_write``) so concurrent
+threads and processes are safe. It counts calls, hits and tokens. It knows nothing about HTTP or about any one stage.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from pld.files import atomic_write
+from pld.paths import teacher_cache_dir
 
 __all__ = ["CacheStats", "ResponseCache", "request_key"]
 
@@ -43,14 +45,10 @@ def request_key(request: Mapping[str, Any]) -> str:
 
 
 class ResponseCache:
-    """Request -> response JSON files under ``directory`` (default: the pld cache's ``teacher/``)."""
+    """Request -> response JSON files under ``directory`` (default: ``teacher_cache_dir()``)."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        if directory is None:
-            from pld.models import cache_dir  # deferred: no work at import time
-
-            directory = cache_dir() / "teacher"
-        self.directory = Path(directory)
+        self.directory = Path(directory) if directory is not None else teacher_cache_dir()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._calls = self._hits = self._prompt_tokens = self._completion_tokens = 0
@@ -85,19 +83,10 @@ class ResponseCache:
         return response if isinstance(response, dict) else None
 
     def put(self, request: Mapping[str, Any], response: Response) -> None:
-        """Store a response atomically (temp file in the same directory, then os.replace)."""
+        """Store a response atomically: a reader sees the old entry or the new one, never half."""
         key = request_key(request)
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"key": key, "request": request, "response": response})
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(key), data.encode("utf-8"))
 
     def fetch(
         self, request: Mapping[str, Any], call: Callable[[], Response]

@@ -1,4 +1,8 @@
-"""`pld distill`: a thin wrapper over ``pld.distiller.pipeline.distill``."""
+"""`pld distill`: a thin wrapper over ``pld.distiller.pipeline.distill``.
+
+Parses options, runs the pipeline, prints the rules and a JSON summary. Importing it loads
+nothing heavy: ``pld classify`` on a device imports this module through the root CLI.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,17 @@ import msgspec
 import typer
 
 from pld import models
+from pld.distiller.teacher import StructuredOutput
+from pld.errors import RunInterrupted
 
 __all__ = ["distill"]
+
+Calibration = Literal["none", "contextual"]  # pipeline.Settings.calibration
+
+INTERRUPTED = (
+    "interrupted; finished work is kept (teacher replies are cached): run the same command "
+    "again to resume"
+)
 
 
 def distill(
@@ -68,7 +81,7 @@ def distill(
         int, typer.Option(help="Most system-prompt tokens; lowest-support rules are pruned first.")
     ] = 4096,
     calibration: Annotated[
-        str, typer.Option(help="Student calibration in the bundle: none or contextual.")
+        Calibration, typer.Option(help="Student calibration in the bundle.")
     ] = "none",
     text_field: Annotated[str, typer.Option(help="Input text column.")] = "text",
     label_field: Annotated[str, typer.Option(help="Gold label column.")] = "label",
@@ -81,43 +94,42 @@ def distill(
         ),
     ] = 6,
     structured_output: Annotated[
-        str,
+        StructuredOutput,
         typer.Option(
-            help="How JSON replies are requested from openai: teachers: json_schema, json_object (llama-cpp-python's server) or off."
+            help="How JSON replies are requested from openai: teachers (json_object for llama-cpp-python's server)."
         ),
     ] = "json_schema",
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Teacher response cache (default: ~/.cache/pld/teacher-cache)."),
+        typer.Option(
+            help="Teacher response cache (default: teacher-cache/ in pld's cache directory: $PLD_CACHE_DIR, else $XDG_CACHE_HOME/pld, else ~/.cache/pld)."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Distil a bundle: teacher rules, clustered, merged and revised against the student."""
-    from pld.distiller.pipeline import Settings
-    from pld.distiller.pipeline import distill as run
-    from pld.errors import PldError
     from pld.runtime.bundle import load_bundle
 
-    if calibration not in ("none", "contextual"):
-        raise PldError(f"--calibration must be none or contextual, not {calibration!r}")
-    if structured_output not in ("json_schema", "json_object", "off"):
-        raise PldError(
-            f"--structured-output must be json_schema, json_object or off, not {structured_output!r}"
-        )
-    cal: Literal["none", "contextual"] = "contextual" if calibration == "contextual" else "none"
-    settings = Settings(
-        limit=limit, dev_limit=dev_limit or None, seed=seed, eps=eps, min_samples=min_samples,
-        max_rounds=rounds, loop_limit=loop_limit, max_failures=loop_failures,
-        max_successes=loop_successes, example_chars=example_chars, max_rules=max_rules, prompt_budget=prompt_budget,
-        calibration=cal, text_field=text_field, label_field=label_field,
-    )  # fmt: skip
-    result = run(
-        task=task, train=train, dev=dev, teacher=teacher, out=out, synthesis=synthesis,
-        embedder=embedder, student=student, settings=settings, cache_dir=cache_dir,
-        concurrency=concurrency, show_progress=progress,
-        teacher_options={"timeout": timeout, "structured_output": structured_output,
-                         "max_attempts": retries},
-    )  # fmt: skip
+    try:
+        from pld.distiller.pipeline import Settings
+        from pld.distiller.pipeline import distill as run
+
+        settings = Settings(
+            limit=limit, dev_limit=dev_limit or None, seed=seed, eps=eps, min_samples=min_samples,
+            max_rounds=rounds, loop_limit=loop_limit, max_failures=loop_failures,
+            max_successes=loop_successes, example_chars=example_chars, max_rules=max_rules,
+            prompt_budget=prompt_budget, calibration=calibration, text_field=text_field,
+            label_field=label_field,
+        )  # fmt: skip
+        result = run(
+            task=task, train=train, dev=dev, teacher=teacher, out=out, synthesis=synthesis,
+            embedder=embedder, student=student, settings=settings, cache_dir=cache_dir,
+            concurrency=concurrency, show_progress=progress,
+            teacher_options={"timeout": timeout, "structured_output": structured_output,
+                             "max_attempts": retries},
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise RunInterrupted(INTERRUPTED) from None
     bundle = load_bundle(result.bundle)
     typer.echo(f"\nbundle {result.bundle} ({'unchanged' if result.unchanged else 'written'}): "
                f"{result.rules} rules, {result.prompt_tokens} prompt tokens")  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from pld.errors import PldError
+from pld.errors import ConfigError, DependencyError, DistillError
 
 __all__ = ["Clustering", "cluster_vectors", "median_distance", "representatives"]
 
@@ -26,6 +26,7 @@ class Clustering(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def sizes(self) -> list[int]:
+        """The size of each cluster, in cluster order."""
         return [len(c) for c in self.clusters]
 
 
@@ -36,16 +37,24 @@ def cluster_vectors(
     try:
         from sklearn.cluster import DBSCAN
     except ImportError:
-        raise PldError("clustering needs scikit-learn: pip install 'pld[distill]'") from None
+        raise DependencyError(
+            "clustering needs scikit-learn, which is not installed; pip install 'pld[distill]'"
+        ) from None
     if not 0 < eps <= 2:
-        raise PldError(f"eps is a cosine distance in (0, 2], got {eps}")
+        raise ConfigError(
+            f"eps is a cosine distance in (0, 2], got {eps}; pass --eps in that range"
+        )
     if min_samples < 1:
-        raise PldError(f"min_samples must be at least 1, got {min_samples}")
+        raise ConfigError(
+            f"min_samples must be at least 1, got {min_samples}; pass --min-samples 1 or more"
+        )
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or len(x) == 0:
         return Clustering(clusters=[], noise=list(range(len(x))), eps=eps, min_samples=min_samples)
     if not np.all(np.isfinite(x)) or np.any(np.linalg.norm(x, axis=1) == 0):
-        raise PldError("an embedding is zero or not finite; check the embedding model")
+        raise DistillError(
+            "an embedding is zero or not finite; check the embedding model (--embedder)"
+        )
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit_predict(x)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(labels):

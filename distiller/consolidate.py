@@ -11,9 +11,11 @@ from typing import Annotated
 
 import msgspec
 
-from pld.distiller.ask import AskStats, Teacher, ask_json, prompt
+from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.cluster import Clustering, representatives
 from pld.distiller.extract import ExtractedRule, task_values
+from pld.distiller.teacher import Teacher
+from pld.distiller.templates import prompt
 from pld.runtime.bundle import Instruction, Task, render_system_prompt
 
 __all__ = ["Consolidated", "consolidate", "fit_budget"]

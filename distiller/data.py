@@ -19,10 +19,19 @@ from pathlib import Path
 import msgspec
 
 from pld.errors import DataError
+from pld.files import read_jsonl
 from pld.runtime.bundle import Task, load_bundle
 from pld.runtime.store import resolve_bundle_path, shipped_bundles
 
-__all__ = ["Example", "file_digest", "load_examples", "load_task", "stratified_sample"]
+__all__ = [
+    "Example",
+    "Splits",
+    "file_digest",
+    "load_examples",
+    "load_splits",
+    "load_task",
+    "stratified_sample",
+]
 
 
 class Example(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +83,7 @@ def load_examples(
     """Read labelled examples from ``.jsonl`` or ``.csv``; every label must be one of ``labels``."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist; check the path")
     rows: list[tuple[int, dict[str, object]]] = []
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
@@ -87,17 +96,7 @@ def load_examples(
                 )
             rows = [(i, dict(row)) for i, row in enumerate(reader, 2)]
     else:
-        with path.open("rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = msgspec.json.decode(line)
-                except msgspec.DecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not a JSON object ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: not a JSON object")
-                rows.append((lineno, obj))
+        rows = list(read_jsonl(path))
     known = set(labels)
     out = []
     for lineno, row in rows:
@@ -150,6 +149,43 @@ def stratified_sample(
         rng.shuffle(pool)
         chosen += pool[: take[k]]
     return [examples[i] for i in sorted(chosen)]
+
+
+class Splits(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's data: every record of each file, and the stratified samples the stages use."""
+
+    task: Task
+    train_all: list[Example]
+    dev_all: list[Example]
+    train: list[Example]  # extraction
+    dev: list[Example]  # scoring every rule set
+    loop: list[Example]  # the student's training errors in the conflict loop, from ``train``
+
+
+def load_splits(
+    task: str | Path,
+    train: str | Path,
+    dev: str | Path,
+    *,
+    limit: int | None,
+    dev_limit: int | None,
+    loop_limit: int | None,
+    seed: int = 0,
+    text_field: str = "text",
+    label_field: str = "label",
+) -> Splits:
+    """Load a task and its two data files, and draw each stage's sample (``None``: all)."""
+    spec = load_task(task)
+    labels = [x.name for x in spec.labels]
+    fields = {"text_field": text_field, "label_field": label_field}
+    train_all = load_examples(train, labels, **fields)
+    dev_all = load_examples(dev, labels, **fields)
+    train_set = stratified_sample(train_all, limit, seed=seed)
+    return Splits(
+        task=spec, train_all=train_all, dev_all=dev_all, train=train_set,
+        dev=stratified_sample(dev_all, dev_limit, seed=seed),
+        loop=stratified_sample(train_set, loop_limit, seed=seed),
+    )  # fmt: skip
 
 
 def file_digest(path: str | Path) -> str:

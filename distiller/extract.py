@@ -11,9 +11,12 @@ from typing import Annotated
 
 import msgspec
 
-from pld.distiller.ask import AskStats, Teacher, ask_json, cut, prompt
+from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.data import Example
+from pld.distiller.teacher import Teacher
+from pld.distiller.templates import prompt
 from pld.runtime.bundle import Task
+from pld.text import clip
 
 __all__ = ["Extraction", "ExtractedRule", "extract_rules", "task_values"]
 
@@ -71,7 +74,7 @@ def extract_rules(
             {
                 "role": "user",
                 "content": prompt(
-                    "extract", **values, input=cut(ex.text, max_input_chars), label=ex.label
+                    "extract", **values, input=clip(ex.text, max_input_chars), label=ex.label
                 ),
             }
         ]

@@ -1,5 +1,5 @@
 """The local teacher: chat completions and embeddings from a GGUF model that llama-cpp-python
-runs in this process, behind the same interface as ``OpenAITeacher``.
+runs in this process, behind the same ``Teacher`` interface as ``OpenAITeacher``.
 
 Every call goes through a ``ResponseCache`` keyed by the model file's sha256, so a cache hit
 never loads the model; the models load on the first real call and one lock serialises their use.
@@ -9,20 +9,13 @@ It knows nothing about prompts, stages or what the replies mean.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from pld.distiller.cache import ResponseCache
-from pld.distiller.teacher import (
-    ChatRequest,
-    ChatResult,
-    Message,
-    TeacherError,
-    _embeddings,
-)
+from pld.distiller.teacher import ChatResult, JsonSchema, Message, Teacher, schema_of
+from pld.errors import TeacherError
 from pld.models import ResolvedModel, resolve
 
 if TYPE_CHECKING:
@@ -30,15 +23,16 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalTeacher"]
 
-EMBED_BATCH_SIZE = 64
 
-
-class LocalTeacher:
+class LocalTeacher(Teacher):
     """A cached teacher on a local GGUF model (a registry name or a .gguf path).
 
     Chat uses the model's registry chat format ("gemma" or "chatml"); a JSON schema becomes a
-    grammar that constrains the reply. Embeddings are mean-pooled and L2-normalised.
+    grammar that constrains the reply. Embeddings are mean-pooled and L2-normalised. One
+    model answers one request at a time, so ``chat_many`` runs them one after another.
     """
+
+    max_workers = 1
 
     def __init__(
         self,
@@ -69,19 +63,11 @@ class LocalTeacher:
                     llm.close()
             self._llm = self._embedder = None
 
-    def __enter__(self) -> LocalTeacher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- public calls -----------------------------------------------------------------
-
     def chat(
         self,
         messages: Sequence[Message],
         *,
-        json_schema: Mapping[str, Any] | type | None = None,
+        json_schema: JsonSchema | None = None,
         temperature: float = 0.0,
         max_tokens: int = 1024,
     ) -> ChatResult:
@@ -94,12 +80,7 @@ class LocalTeacher:
             "seed": self.seed,
         }
         if json_schema is not None:
-            schema = (
-                msgspec.json.schema(json_schema)
-                if isinstance(json_schema, type)
-                else dict(json_schema)
-            )
-            body["response_format"] = {"type": "json_object", "schema": schema}
+            body["response_format"] = {"type": "json_object", "schema": schema_of(json_schema)[1]}
         request = {
             "endpoint": "local.chat",
             "model_sha256": self.resolved.sha256,
@@ -109,45 +90,15 @@ class LocalTeacher:
         response, cached = self.cache.fetch(request, partial(self._complete, body))
         return ChatResult.from_response(response, cached)
 
-    def chat_many(
-        self,
-        requests: Sequence[ChatRequest],
-        *,
-        concurrency: int = 8,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[ChatResult]:
-        """Run chat requests one after another (one model: ``concurrency`` is ignored).
+    # ---- the embedding hooks of Teacher.embed ---------------------------------------------
 
-        Results keep the input order; ``progress(done, total)`` is called after each one.
-        """
-        results: list[ChatResult] = []
-        for r in requests:
-            results.append(
-                self.chat(
-                    r.messages,
-                    json_schema=r.json_schema,
-                    temperature=r.temperature,
-                    max_tokens=r.max_tokens,
-                )
-            )
-            if progress is not None:
-                progress(len(results), len(requests))
-        return results
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed texts (in cached batches of 64); one vector per text."""
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), EMBED_BATCH_SIZE):
-            batch = list(texts[start : start + EMBED_BATCH_SIZE])
-            request = {
-                "endpoint": "local.embeddings",
-                "model_sha256": self.resolved.sha256,
-                "pooling": "mean-l2",
-                "input": batch,
-            }
-            response, _ = self.cache.fetch(request, partial(self._embed_batch, batch))
-            vectors.extend(_embeddings(response, len(batch)))
-        return vectors
+    def _embedding_request(self, batch: list[str]) -> dict[str, Any]:
+        return {
+            "endpoint": "local.embeddings",
+            "model_sha256": self.resolved.sha256,
+            "pooling": "mean-l2",
+            "input": batch,
+        }
 
     # ---- llama.cpp ----------------------------------------------------------------------
 
@@ -195,7 +146,7 @@ class LocalTeacher:
     def _load(self, *, embedding: bool) -> Llama:
         import llama_cpp
 
-        from pld.runtime.engine import quiet_llama  # verbose=False alone lets warnings through
+        from pld.runtime.model import quiet_llama  # verbose=False alone lets warnings through
 
         quiet_llama()
         options: dict[str, Any] = {"chat_format": self.resolved.chat_format}

@@ -11,11 +11,14 @@ from typing import Annotated
 
 import msgspec
 
-from pld.distiller.ask import AskStats, Teacher, ask_json, cut, prompt
+from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.data import Example
 from pld.distiller.extract import task_values
 from pld.distiller.student import Scored, StudentRunner
+from pld.distiller.teacher import Teacher
+from pld.distiller.templates import prompt
 from pld.runtime.bundle import Instruction, Task
+from pld.text import clip
 
 __all__ = ["Revision", "Round", "conflict_loop"]
 
@@ -80,12 +83,12 @@ def conflict_loop(
         shown_right = _spread(right, max_successes, labels)
         listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
         failures = "\n\n".join(
-            f"Input:\n{cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
+            f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
             for ex, p in shown_wrong
         )
         successes = (
             "\n\n".join(
-                f"Input:\n{cut(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
+                f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
                 for ex, _ in shown_right
             )
             or "(none)"

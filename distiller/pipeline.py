@@ -1,30 +1,38 @@
 """The whole distillation: extract, embed and cluster, consolidate, budget, conflict loop, emit.
 
-``distill`` wires the stages together, reports what each spent, and writes the bundle. Every
-teacher request goes through one content-addressed cache, so an interrupted run resumes
-without repeating a finished call and a finished run replays with no call at all.
+``distill`` wires the stages together (one function per stage below), reports what each
+spent, and writes the bundle. Every teacher request goes through one content-addressed cache,
+so an interrupted run resumes without repeating a finished call and a finished run replays
+with no call at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+import pld
 from pld import models
-from pld.distiller.ask import AskStats, Teacher, progress, prompt_hashes
-from pld.distiller.backends import open_teacher
+from pld.distiller.ask import AskStats
+from pld.distiller.backends import TeacherPool
 from pld.distiller.cache import ResponseCache
-from pld.distiller.cluster import cluster_vectors, median_distance
+from pld.distiller.cluster import Clustering, cluster_vectors, median_distance
 from pld.distiller.consolidate import consolidate, fit_budget
-from pld.distiller.data import file_digest, load_examples, load_task, stratified_sample
-from pld.distiller.extract import extract_rules
-from pld.distiller.loop import conflict_loop
-from pld.distiller.student import StudentRunner
-from pld.errors import PldError
+from pld.distiller.data import Example, Splits, file_digest, load_splits
+from pld.distiller.extract import ExtractedRule, extract_rules
+from pld.distiller.loop import Round, conflict_loop
+from pld.distiller.student import Scored, StudentRunner
+from pld.distiller.teacher import Teacher
+from pld.distiller.templates import prompt_hashes
+from pld.errors import BundleError, DistillError
+from pld.paths import teacher_cache_dir
+from pld.progress import progress
 from pld.runtime.bundle import (
     Bundle,
     Instruction,
@@ -37,7 +45,7 @@ from pld.runtime.bundle import (
 
 __all__ = ["DistillResult", "Settings", "distill"]
 
-DISTILLER_VERSION = "0.1.0"
+Say = Callable[[str], None]
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -107,158 +115,168 @@ def distill(
     """Distil a bundle for ``task`` from labelled ``train`` data; score it on ``dev``."""
     s = settings or Settings()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    spec = load_task(task)
-    labels = [x.name for x in spec.labels]
-    fields = {"text_field": s.text_field, "label_field": s.label_field}
-    train_all = load_examples(train, labels, **fields)
-    dev_all = load_examples(dev, labels, **fields)
-    train_set = stratified_sample(train_all, s.limit, seed=s.seed)
-    dev_set = stratified_sample(dev_all, s.dev_limit, seed=s.seed)
-    loop_set = stratified_sample(train_set, s.loop_limit, seed=s.seed)
-    say(f"task {spec.name}: {len(train_set)} of {len(train_all)} training records, "
-        f"{len(dev_set)} of {len(dev_all)} dev records (stratified, seed {s.seed})")  # fmt: skip
-
-    cache_root = Path(cache_dir) if cache_dir else models.cache_dir() / "teacher-cache"
-    cache = ResponseCache(cache_root)
-    opened: dict[str, Teacher] = {}
-
-    def backend(which: str) -> Teacher:
-        if which not in opened:
-            opened[which] = open_teacher(which, cache=cache, **(teacher_options or {}))
-        return opened[which]
-
-    embedder = embedder or f"local:{student}"
-    synthesis = synthesis or teacher
-    ext, con, rev = AskStats(), AskStats(), AskStats()
-    runner: StudentRunner | None = None
-    try:
-        t = backend(teacher)
-        rules = extract_rules(t, spec, train_set, concurrency=concurrency,
-                              max_repairs=s.max_repairs, stats=ext, show_progress=show_progress)  # fmt: skip
-        say(f"extraction: {len(rules)} rules from {len(train_set)} records "
-            f"({ext.repaired} repaired, {ext.failed} failed); {_spent(cache)}")  # fmt: skip
-        if not rules:
-            raise PldError(
-                "the teacher gave no usable rule; check --teacher (see the repair counts above)"
-            )
-
-        vectors = _embed(backend(embedder), [r.rule for r in rules], show_progress)
-        clustering = cluster_vectors(vectors, eps=s.eps, min_samples=s.min_samples)
-        say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
-            f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {s.eps}, "
-            f"min_samples {s.min_samples}, embedder {backend(embedder).model})")  # fmt: skip
-        spread = median_distance(vectors)
-        say(f"embeddings: median pairwise cosine distance {spread:.3f}")
-        if spread < s.eps / 4 and len(clustering.clusters) == 1:
-            say(f"warning: the embeddings of {backend(embedder).model} are nearly parallel "
-                f"(median distance {spread:.3f} against eps {s.eps}), so every rule fell into one "
-                "cluster; use a sentence-embedding model (--embedder openai:MODEL@URL) or a "
-                "smaller --eps")  # fmt: skip
-        if not clustering.clusters:
-            raise PldError(
-                f"DBSCAN found no cluster among {len(rules)} rules (eps {s.eps}, min_samples "
-                f"{s.min_samples}); use more training records (--limit), a lower --min-samples "
-                "or a larger --eps"
-            )
-
-        instructions = consolidate(
-            backend(synthesis), spec, rules, vectors, clustering,
-            max_rules_per_cluster=s.max_rules_per_cluster, concurrency=concurrency,
-            max_repairs=s.max_repairs, stats=con, show_progress=show_progress,
-        )  # fmt: skip
-        say(f"consolidation: {len(instructions)} instructions "
-            f"({con.failed} clusters failed); {_spent(cache)}")  # fmt: skip
-
-        runner = StudentRunner(student, calibration=s.calibration, cache_dir=cache_root / "student")
-        instructions, pruned = _budget(runner, spec, instructions, s.prompt_budget, say)
-        zero = runner.evaluate(
-            spec, [], dev_set, label="student zero-shot on dev", show_progress=show_progress
+    data = _load_data(task, train, dev, s, say)
+    cache_root = Path(cache_dir) if cache_dir else teacher_cache_dir()
+    run = _Run(s, say, show_progress, ResponseCache(cache_root), concurrency)
+    specs = {"teacher": teacher, "synthesis": synthesis or teacher,
+             "embedder": embedder or f"local:{student}"}  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        backends = stack.enter_context(TeacherPool(run.cache, **(teacher_options or {})))
+        rules = _extract(run, backends.get(specs["teacher"]), data)
+        clustered = _cluster(run, backends.get(specs["embedder"]), rules)
+        instructions = _consolidate(run, backends.get(specs["synthesis"]), data.task, rules,
+                                    clustered)  # fmt: skip
+        runner = stack.enter_context(
+            StudentRunner(student, calibration=s.calibration, cache_dir=cache_root / "student")
         )
-        first = runner.evaluate(spec, instructions, dev_set, label="student with rules on dev",
-                                show_progress=show_progress)  # fmt: skip
-        say(f"dev Macro-F1: zero-shot {zero.macro_f1:.3f}, consolidated rules {first.macro_f1:.3f}")
-        final, final_score, rounds = conflict_loop(
-            backend(synthesis), runner, spec, instructions, loop_set, dev_set, dev_score=first,
-            max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
-            max_input_chars=s.example_chars,
-            max_rules=s.max_rules, max_repairs=s.max_repairs, stats=rev, show_progress=show_progress,
-        )  # fmt: skip
-        for r in rounds:
-            after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
-            say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
-                f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "
-                f"({r.reason})")  # fmt: skip
-        say(
-            f"conflict loop: {len(rounds)} rounds, {sum(r.accepted for r in rounds)} accepted; {_spent(cache)}"
-        )
-        final, more = _budget(runner, spec, final, s.prompt_budget, say)
-        if more:
-            pruned += more
-            final_score = runner.evaluate(spec, final, dev_set, label="student on dev after pruning",
-                                          show_progress=show_progress)  # fmt: skip
-
-        if final_score.macro_f1 < zero.macro_f1:
-            say(f"warning: with its rules the student scores below zero-shot on dev (Macro-F1 "
-                f"{final_score.macro_f1:.3f} < {zero.macro_f1:.3f}); the rules mislead this student: "
-                "try a stronger teacher, more training records or more rounds")  # fmt: skip
-        provenance = {
-            "distiller_version": DISTILLER_VERSION,
-            "teacher": _describe(backend(teacher), teacher),
-            "synthesis": _describe(backend(synthesis), synthesis),
-            "embedder": _describe(backend(embedder), embedder),
-            "datasets": {
-                "train": {
-                    "file": Path(train).name,
-                    "digest": file_digest(train),
-                    "records": len(train_all),
-                    "used": len(train_set),
-                },
-                "dev": {
-                    "file": Path(dev).name,
-                    "digest": file_digest(dev),
-                    "records": len(dev_all),
-                    "used": len(dev_set),
-                },
-            },  # fmt: skip
-            "prompts": prompt_hashes(),
-            "settings": msgspec.to_builtins(s),
-            "extraction": {"asked": len(train_set), "rules": len(rules)},
-            "clusters": {
-                "sizes": clustering.sizes,
-                "noise": len(clustering.noise),
-                "median_distance": round(spread, 4),
-            },
-            "pruned": [x.text for x in pruned],
-            "rounds": [msgspec.to_builtins(r) for r in rounds],
-        }
-        metrics = Metrics(
-            n=final_score.n, macro_f1=round(final_score.macro_f1, 6),
-            accuracy=round(final_score.accuracy, 6), zero_shot_macro_f1=round(zero.macro_f1, 6),
-            zero_shot_accuracy=round(zero.accuracy, 6), split="dev",
-        )  # fmt: skip
-        bundle = runner.bundle(spec, final, provenance=provenance, metrics=metrics)
+        outcome = _refine(run, runner, backends.get(specs["synthesis"]), data, instructions)
+        provenance = _provenance(run, data, train, dev, rules, clustered, outcome,
+                                 {k: _describe(backends.get(v), v) for k, v in specs.items()})  # fmt: skip
+        bundle = runner.bundle(data.task, outcome.final, provenance=provenance,
+                               metrics=_metrics(outcome))  # fmt: skip
         prompt_tokens = runner.count_tokens(bundle.system_prompt)
-    finally:
-        for b in opened.values():
-            b.close()
-        if runner is not None:
-            runner.close()
-
     unchanged = _write(bundle, Path(out))
-    stats = cache.stats
-    return DistillResult(
-        bundle=str(out), rules=len(final), prompt_tokens=prompt_tokens,
-        teacher_calls=stats.calls, cache_hits=stats.hits,
-        tokens_spent=stats.prompt_tokens + stats.completion_tokens,
-        tokens_total=stats.prompt_tokens + stats.completion_tokens + stats.hit_tokens,
-        dev_macro_f1_zero_shot=zero.macro_f1, dev_macro_f1_bundle=final_score.macro_f1,
-        dev_n=final_score.n, rounds=len(rounds), rounds_accepted=sum(r.accepted for r in rounds),
-        extracted=len(rules), repaired=ext.repaired + con.repaired + rev.repaired,
-        failed=ext.failed + con.failed + rev.failed,
-        stages={"extract": ext, "consolidate": con, "revise": rev},
-        clusters=clustering.sizes, noise=len(clustering.noise), pruned=len(pruned),
-        unchanged=unchanged,
+    return _result(run, str(out), rules, clustered, outcome, prompt_tokens, unchanged)
+
+
+# ---- the run's shared state ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage needs: the settings, the log, progress bars, the cache, concurrency."""
+
+    s: Settings
+    say: Say
+    show: bool
+    cache: ResponseCache
+    concurrency: int
+    # per stage, in the order DistillResult.stages reports them
+    stats: dict[str, AskStats] = field(
+        default_factory=lambda: {k: AskStats() for k in ("extract", "consolidate", "revise")}
+    )
+
+
+@dataclass(frozen=True)
+class _Clustered:
+    """The rules' vectors, their clusters, and the vectors' median distance (their spread)."""
+
+    vectors: list[list[float]]
+    clustering: Clustering
+    spread: float
+
+
+@dataclass
+class _Outcome:
+    """Where the student stage ended: the final rules and scores, the rounds, what was pruned."""
+
+    final: list[Instruction]
+    score: Scored
+    zero: Scored
+    rounds: list[Round]
+    pruned: list[Instruction]
+
+
+# ---- the stages ------------------------------------------------------------------------------
+
+
+def _load_data(task: str, train: str | Path, dev: str | Path, s: Settings, say: Say) -> Splits:
+    data = load_splits(task, train, dev, limit=s.limit, dev_limit=s.dev_limit,
+                       loop_limit=s.loop_limit, seed=s.seed, text_field=s.text_field,
+                       label_field=s.label_field)  # fmt: skip
+    say(f"task {data.task.name}: {len(data.train)} of {len(data.train_all)} training records, "
+        f"{len(data.dev)} of {len(data.dev_all)} dev records (stratified, seed {s.seed})")  # fmt: skip
+    return data
+
+
+def _extract(run: _Run, teacher: Teacher, data: Splits) -> list[ExtractedRule]:
+    s, ext = run.s, run.stats["extract"]
+    rules = extract_rules(teacher, data.task, data.train, concurrency=run.concurrency,
+                          max_repairs=s.max_repairs, stats=ext, show_progress=run.show)  # fmt: skip
+    run.say(f"extraction: {len(rules)} rules from {len(data.train)} records "
+            f"({ext.repaired} repaired, {ext.failed} failed); {_spent(run.cache)}")  # fmt: skip
+    if not rules:
+        raise DistillError(
+            "the teacher gave no usable rule; check --teacher (see the repair counts above)"
+        )
+    return rules
+
+
+def _cluster(run: _Run, embedder: Teacher, rules: list[ExtractedRule]) -> _Clustered:
+    s = run.s
+    with progress("embedding rules", len(rules), show=run.show) as update:
+        vectors = embedder.embed([r.rule for r in rules], progress=update)
+    clustering = cluster_vectors(vectors, eps=s.eps, min_samples=s.min_samples)
+    run.say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
+            f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {s.eps}, "
+            f"min_samples {s.min_samples}, embedder {embedder.model})")  # fmt: skip
+    spread = median_distance(vectors)
+    run.say(f"embeddings: median pairwise cosine distance {spread:.3f}")
+    if spread < s.eps / 4 and len(clustering.clusters) == 1:
+        run.say(f"warning: the embeddings of {embedder.model} are nearly parallel "
+                f"(median distance {spread:.3f} against eps {s.eps}), so every rule fell into "
+                "one cluster; use a sentence-embedding model (--embedder openai:MODEL@URL) or a "
+                "smaller --eps")  # fmt: skip
+    if not clustering.clusters:
+        raise DistillError(
+            f"DBSCAN found no cluster among {len(rules)} rules (eps {s.eps}, min_samples "
+            f"{s.min_samples}); use more training records (--limit), a lower --min-samples "
+            "or a larger --eps"
+        )
+    return _Clustered(vectors, clustering, spread)
+
+
+def _consolidate(
+    run: _Run, synthesis: Teacher, task: Task, rules: list[ExtractedRule], clustered: _Clustered
+) -> list[Instruction]:
+    con = run.stats["consolidate"]
+    instructions = consolidate(
+        synthesis, task, rules, clustered.vectors, clustered.clustering,
+        max_rules_per_cluster=run.s.max_rules_per_cluster, concurrency=run.concurrency,
+        max_repairs=run.s.max_repairs, stats=con, show_progress=run.show,
     )  # fmt: skip
+    run.say(f"consolidation: {len(instructions)} instructions "
+            f"({con.failed} clusters failed); {_spent(run.cache)}")  # fmt: skip
+    return instructions
+
+
+def _refine(
+    run: _Run,
+    runner: StudentRunner,
+    synthesis: Teacher,
+    data: Splits,
+    instructions: list[Instruction],
+) -> _Outcome:
+    """Fit the prompt budget, score zero-shot and with the rules, run the conflict loop."""
+    s, say, task, show = run.s, run.say, data.task, run.show
+    instructions, pruned = _budget(runner, task, instructions, s.prompt_budget, say)
+    zero = runner.evaluate(task, [], data.dev, label="student zero-shot on dev", show_progress=show)
+    first = runner.evaluate(task, instructions, data.dev, label="student with rules on dev",
+                            show_progress=show)  # fmt: skip
+    say(f"dev Macro-F1: zero-shot {zero.macro_f1:.3f}, consolidated rules {first.macro_f1:.3f}")
+    final, final_score, rounds = conflict_loop(
+        synthesis, runner, task, instructions, data.loop, data.dev, dev_score=first,
+        max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
+        max_input_chars=s.example_chars, max_rules=s.max_rules, max_repairs=s.max_repairs,
+        stats=run.stats["revise"], show_progress=show,
+    )  # fmt: skip
+    for r in rounds:
+        after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
+        say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
+            f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "
+            f"({r.reason})")  # fmt: skip
+    say(f"conflict loop: {len(rounds)} rounds, {sum(r.accepted for r in rounds)} accepted; "
+        f"{_spent(run.cache)}")  # fmt: skip
+    final, more = _budget(runner, task, final, s.prompt_budget, say)
+    if more:
+        pruned += more
+        final_score = runner.evaluate(task, final, data.dev, label="student on dev after pruning",
+                                      show_progress=show)  # fmt: skip
+    if final_score.macro_f1 < zero.macro_f1:
+        say(f"warning: with its rules the student scores below zero-shot on dev (Macro-F1 "
+            f"{final_score.macro_f1:.3f} < {zero.macro_f1:.3f}); the rules mislead this student: "
+            "try a stronger teacher, more training records or more rounds")  # fmt: skip
+    return _Outcome(final, final_score, zero, rounds, pruned)
 
 
 def _budget(
@@ -266,26 +284,91 @@ def _budget(
     task: Task,
     instructions: list[Instruction],
     budget: int,
-    say: Callable[[str], None],
+    say: Say,
 ) -> tuple[list[Instruction], list[Instruction]]:
     kept, dropped = fit_budget(task, instructions, budget, runner.count_tokens)
     if dropped:
         say(f"prompt budget {budget} tokens: pruned {len(dropped)} lowest-support rules")
     if runner.count_tokens(render_system_prompt(task, kept)) > budget:
-        raise PldError(
+        raise DistillError(
             f"the task's description and labels alone exceed --prompt-budget {budget} tokens; "
             "raise the budget"
         )
     return [msgspec.structs.replace(x, id=f"r{i}") for i, x in enumerate(kept, 1)], dropped
 
 
-def _embed(embedder: Teacher, texts: list[str], show: bool, step: int = 64) -> list[list[float]]:
-    out: list[list[float]] = []
-    with progress("embedding rules", len(texts), show=show) as update:
-        for start in range(0, len(texts), step):
-            out += embedder.embed(texts[start : start + step])
-            update(len(out), len(texts))
-    return out
+# ---- the bundle and the summary ----------------------------------------------------------------
+
+
+def _provenance(
+    run: _Run,
+    data: Splits,
+    train: str | Path,
+    dev: str | Path,
+    rules: list[ExtractedRule],
+    clustered: _Clustered,
+    outcome: _Outcome,
+    backends: dict[str, dict[str, str]],
+) -> dict[str, Any]:
+    """Everything the bundle records about how it was made (the order is the file's order)."""
+    clustering = clustered.clustering
+    return {
+        "distiller_version": pld.__version__,
+        **backends,  # teacher, synthesis, embedder
+        "datasets": {
+            "train": _dataset(train, data.train_all, data.train),
+            "dev": _dataset(dev, data.dev_all, data.dev),
+        },
+        "prompts": prompt_hashes(),
+        "settings": msgspec.to_builtins(run.s),
+        "extraction": {"asked": len(data.train), "rules": len(rules)},
+        "clusters": {
+            "sizes": clustering.sizes,
+            "noise": len(clustering.noise),
+            "median_distance": round(clustered.spread, 4),
+        },
+        "pruned": [x.text for x in outcome.pruned],
+        "rounds": [msgspec.to_builtins(r) for r in outcome.rounds],
+    }
+
+
+def _dataset(path: str | Path, records: list[Example], used: list[Example]) -> dict[str, Any]:
+    return {"file": Path(path).name, "digest": file_digest(path), "records": len(records),
+            "used": len(used)}  # fmt: skip
+
+
+def _metrics(outcome: _Outcome) -> Metrics:
+    final, zero = outcome.score, outcome.zero
+    return Metrics(
+        n=final.n, macro_f1=round(final.macro_f1, 6), accuracy=round(final.accuracy, 6),
+        zero_shot_macro_f1=round(zero.macro_f1, 6), zero_shot_accuracy=round(zero.accuracy, 6),
+        split="dev",
+    )  # fmt: skip
+
+
+def _result(
+    run: _Run,
+    out: str,
+    rules: list[ExtractedRule],
+    clustered: _Clustered,
+    outcome: _Outcome,
+    prompt_tokens: int,
+    unchanged: bool,
+) -> DistillResult:
+    stats, stages = run.cache.stats, run.stats
+    rounds, clustering = outcome.rounds, clustered.clustering
+    return DistillResult(
+        bundle=out, rules=len(outcome.final), prompt_tokens=prompt_tokens,
+        teacher_calls=stats.calls, cache_hits=stats.hits,
+        tokens_spent=stats.prompt_tokens + stats.completion_tokens,
+        tokens_total=stats.prompt_tokens + stats.completion_tokens + stats.hit_tokens,
+        dev_macro_f1_zero_shot=outcome.zero.macro_f1, dev_macro_f1_bundle=outcome.score.macro_f1,
+        dev_n=outcome.score.n, rounds=len(rounds), rounds_accepted=sum(r.accepted for r in rounds),
+        extracted=len(rules), repaired=sum(x.repaired for x in stages.values()),
+        failed=sum(x.failed for x in stages.values()), stages=stages,
+        clusters=clustering.sizes, noise=len(clustering.noise), pruned=len(outcome.pruned),
+        unchanged=unchanged,
+    )  # fmt: skip
 
 
 def _describe(teacher: Teacher, spec: str) -> dict[str, str]:
@@ -306,7 +389,7 @@ def _write(bundle: Bundle, out: Path) -> bool:
     if out.exists():
         try:
             old = load_bundle(out)
-        except PldError:
+        except BundleError:
             old = None
         if old is not None:
             same = msgspec.structs.replace(bundle, created_at=old.created_at, digest=None)

@@ -1,68 +1,53 @@
-"""The teacher: an OpenAI-compatible chat-completions and embeddings client on httpx.
+"""What every teacher backend shares: the request and reply types, reply parsing, and the base
+class ``Teacher`` that runs parallel chats and batched, cached embeddings over a backend's hooks.
 
-Covers hosted models, vLLM, Ollama and llama.cpp's servers. Every call goes through a
-``ResponseCache``; transient failures (429, 5xx, connection errors, timeouts) are retried with
-exponential backoff. It knows nothing about prompts, stages or what the replies mean.
+The backends are ``openai_teacher.OpenAITeacher`` (any OpenAI-compatible server) and
+``local.LocalTeacher`` (a GGUF in this process). Knows nothing about HTTP, llama.cpp, prompts
+or stages.
 """
 
 from __future__ import annotations
 
+import abc
 import json
-import os
-import random
 import re
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
-import httpx
 import msgspec
 
 from pld.distiller.cache import ResponseCache
-from pld.errors import PldError
+from pld.errors import MalformedReplyError
+from pld.progress import ProgressCallback
 
 __all__ = [
+    "EMBED_BATCH_SIZE",
     "ChatRequest",
     "ChatResult",
-    "MalformedReply",
-    "OpenAITeacher",
-    "TeacherAuthError",
-    "TeacherError",
-    "TeacherUnreachableError",
+    "JsonSchema",
+    "Message",
+    "StructuredOutput",
+    "Teacher",
+    "chat_text",
+    "parse_embeddings",
     "parse_json",
-    "parse_teacher_spec",
+    "schema_of",
 ]
 
 T = TypeVar("T")
 Message = Mapping[str, str]
+# A JSON schema as a dict, or a msgspec type whose schema msgspec derives.
+JsonSchema = Mapping[str, Any] | type
+# How a JSON schema is sent to an OpenAI-compatible server (see OpenAITeacher); here, beside the
+# other request types, so that the CLI can offer the choices without importing httpx.
 StructuredOutput = Literal["json_schema", "json_object", "off"]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_RETRY_STATUS = frozenset({408, 409, 429})
-_SPEC = re.compile(r"^openai:(?P<model>[^@\s]+)(?:@(?P<url>https?://[^\s/]+\S*))?$")
-
-
-class TeacherError(PldError):
-    """The teacher could not be configured, reached, or gave no usable reply."""
-
-
-class TeacherUnreachableError(TeacherError):
-    """Nothing answers at the teacher's base URL."""
-
-
-class TeacherAuthError(TeacherError):
-    """The teacher rejected the API key (HTTP 401 or 403)."""
-
-
-class MalformedReply(TeacherError):
-    """A reply holds no JSON object of the expected shape; callers may retry or repair it."""
-
-    def __init__(self, message: str, text: str) -> None:
-        super().__init__(message)
-        self.text = text
+# Texts per embedding request. It is part of every embedding cache key (one entry per batch,
+# and a vector depends a little on its batch neighbours), so changing it re-embeds everything.
+EMBED_BATCH_SIZE = 64
 
 
 class ChatResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -78,7 +63,7 @@ class ChatResult(msgspec.Struct, kw_only=True, frozen=True):
         """Read an OpenAI-shaped chat completion."""
         usage = response.get("usage") or {}
         return cls(
-            text=_chat_text(response),
+            text=chat_text(response),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached=cached,
@@ -86,7 +71,7 @@ class ChatResult(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class ChatRequest(msgspec.Struct, kw_only=True, frozen=True):
-    """The arguments of one ``OpenAITeacher.chat`` call, for ``chat_many``."""
+    """The arguments of one ``Teacher.chat`` call, for ``chat_many``."""
 
     messages: list[dict[str, str]]
     json_schema: dict[str, Any] | None = None
@@ -94,22 +79,37 @@ class ChatRequest(msgspec.Struct, kw_only=True, frozen=True):
     max_tokens: int = 1024
 
 
-def parse_teacher_spec(spec: str) -> tuple[str, str]:
-    """Split a CLI spec ``openai:MODEL[@BASE_URL]`` into ``(model, base_url)``."""
-    match = _SPEC.match(spec.strip())
-    if not match:
-        raise TeacherError(
-            f"malformed teacher spec {spec!r}; use 'openai:MODEL@BASE_URL' with an http(s) URL, "
-            "e.g. 'openai:gpt-4o-mini@https://api.openai.com/v1' or "
-            "'openai:qwen2.5@http://127.0.0.1:8080/v1'"
-        )
-    return match["model"], (match["url"] or DEFAULT_BASE_URL).rstrip("/")
+def chat_text(response: Mapping[str, Any]) -> str:
+    """The reply text of an OpenAI-shaped chat completion (KeyError, TypeError if malformed)."""
+    content = response["choices"][0]["message"].get("content")
+    if content is not None and not isinstance(content, str):
+        raise TypeError("message content is not a string")
+    return content or ""
+
+
+def parse_embeddings(response: Mapping[str, Any], n: int) -> list[list[float]]:
+    """The ``n`` vectors of an OpenAI-shaped embeddings response, in input order.
+
+    Rows are sorted by their ``index``; token-level outputs (llama-cpp-python without pooling)
+    are mean-pooled. Raises ValueError, KeyError or TypeError on a response of the wrong shape.
+    """
+    rows = sorted(response["data"], key=lambda d: d.get("index", 0))
+    if len(rows) != n:
+        raise ValueError(f"expected {n} embeddings, got {len(rows)}")
+    out = []
+    for row in rows:
+        vec = row["embedding"]
+        if vec and isinstance(vec[0], list):
+            width = len(vec[0])
+            vec = [sum(tok[j] for tok in vec) / len(vec) for j in range(width)]
+        out.append([float(x) for x in vec])
+    return out
 
 
 def parse_json(text: str, type: type[T]) -> T:
     """Decode the first JSON object in a reply (a ```json fence first) into ``type``.
 
-    Raises ``MalformedReply`` when there is none or it does not validate.
+    Raises ``MalformedReplyError`` when there is none or it does not validate.
     """
     candidates = [m.group(1) for m in re.finditer(r"```(?:json)?\s*\n?(.*?)```", text, re.S)]
     candidates.append(text)
@@ -124,104 +124,62 @@ def parse_json(text: str, type: type[T]) -> T:
             try:
                 return msgspec.json.decode(candidate[start:end], type=type)
             except msgspec.ValidationError as exc:
-                raise MalformedReply(
+                raise MalformedReplyError(
                     f"teacher reply does not match {name}: {exc}; retry or repair the reply",
                     text,
                 ) from exc
-    raise MalformedReply(
+    raise MalformedReplyError(
         f"teacher reply holds no JSON object (expected {name}); retry or repair the reply", text
     )
 
 
-class OpenAITeacher:
-    """A cached, retrying client for an OpenAI-compatible ``/v1`` server.
+class Teacher(abc.ABC):
+    """A cached teacher backend: chat completions and embeddings.
 
-    ``structured_output`` chooses how a JSON schema is sent: ``"json_schema"`` (OpenAI, vLLM,
-    llama.cpp's C++ server, Ollama), ``"json_object"`` (llama-cpp-python's server, which takes
-    ``{"type": "json_object", "schema": ...}``) or ``"off"`` (rely on the prompt alone).
+    A backend implements ``chat`` and two embedding hooks (``_embedding_request``, the cache
+    key of one batch, and ``_embed_batch``, which computes it); this class runs requests in
+    parallel (at most ``max_workers`` at once) and embeds in cached batches. Usable as a
+    context manager that closes the backend.
     """
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        api_key: str | None = None,
-        cache: ResponseCache | None = None,
-        timeout: float = 120.0,
-        max_attempts: int = 6,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        structured_output: StructuredOutput = "json_schema",
-        embed_batch_size: int = 64,
-    ) -> None:
-        if max_attempts < 1:
-            raise TeacherError(f"max_attempts must be at least 1, got {max_attempts}")
-        self.model = model
-        self.base_url = base_url.rstrip("/")
-        if api_key is None:
-            api_key = os.environ.get("PLD_TEACHER_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self.cache = cache if cache is not None else ResponseCache()
-        self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.structured_output = structured_output
-        self.embed_batch_size = embed_batch_size
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        )
+    model: str
+    cache: ResponseCache
+    max_workers: ClassVar[int | None] = None  # a cap on chat_many's concurrency; None: none
 
-    @classmethod
-    def from_spec(cls, spec: str, **kwargs: Any) -> OpenAITeacher:
-        """Build a teacher from a CLI spec ``openai:MODEL@BASE_URL``."""
-        model, base_url = parse_teacher_spec(spec)
-        return cls(model, base_url, **kwargs)
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._client.close()
-
-    def __enter__(self) -> OpenAITeacher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- public calls -----------------------------------------------------------------
-
+    @abc.abstractmethod
     def chat(
         self,
         messages: Sequence[Message],
         *,
-        json_schema: Mapping[str, Any] | type | None = None,
+        json_schema: JsonSchema | None = None,
         temperature: float = 0.0,
         max_tokens: int = 1024,
     ) -> ChatResult:
         """One chat completion, from the cache when this exact request was made before."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [dict(m) for m in messages],
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
-        if json_schema is not None and self.structured_output != "off":
-            body["response_format"] = self._response_format(json_schema)
-        response, cached = self.cache.fetch(
-            {"endpoint": "chat.completions", **body},
-            lambda: self._checked(self._post("/chat/completions", body), _chat_text),
-        )
-        return ChatResult.from_response(response, cached)
+
+    @abc.abstractmethod
+    def _embedding_request(self, batch: list[str]) -> dict[str, Any]:
+        """The cache key of one batch of texts to embed."""
+
+    @abc.abstractmethod
+    def _embed_batch(self, batch: list[str]) -> dict[str, Any]:
+        """Embed one batch now: an OpenAI-shaped embeddings response, checked before caching."""
+
+    def close(self) -> None:  # noqa: B027 (a backend with nothing to free keeps this)
+        """Free what the backend holds (HTTP connections, loaded models)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def chat_many(
         self,
         requests: Sequence[ChatRequest],
         *,
         concurrency: int = 8,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> list[ChatResult]:
         """Run chat requests in parallel; results keep the input order.
 
@@ -247,168 +205,44 @@ class OpenAITeacher:
                 if progress is not None:
                     progress(done, total)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        workers = max(1, concurrency)
+        if self.max_workers is not None:
+            workers = min(workers, self.max_workers)
+        pool = ThreadPoolExecutor(max_workers=workers)
         try:
             futures = [pool.submit(run, i) for i in range(total)]
             wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:
-                if future.done() and not future.cancelled() and future.exception():
-                    raise future.exception()  # type: ignore[misc]
+                if future.done() and not future.cancelled():
+                    error = future.exception()
+                    if error is not None:
+                        raise error
         finally:
             # On an error or Ctrl-C, start nothing new; replies already received are cached.
             pool.shutdown(wait=True, cancel_futures=True)
         return [r for r in results if r is not None]
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed texts (in cached batches of ``embed_batch_size``); one vector per text."""
+    def embed(
+        self, texts: Sequence[str], *, progress: ProgressCallback | None = None
+    ) -> list[list[float]]:
+        """One vector per text, embedded in cached batches of ``EMBED_BATCH_SIZE``.
+
+        ``progress(done, total)`` is called after each batch.
+        """
         vectors: list[list[float]] = []
-        for start in range(0, len(texts), self.embed_batch_size):
-            body = {
-                "model": self.model,
-                "input": list(texts[start : start + self.embed_batch_size]),
-            }
+        for start in range(0, len(texts), EMBED_BATCH_SIZE):
+            batch = list(texts[start : start + EMBED_BATCH_SIZE])
             response, _ = self.cache.fetch(
-                {"endpoint": "embeddings", **body}, partial(self._post_embeddings, body)
+                self._embedding_request(batch), partial(self._embed_batch, batch)
             )
-            vectors.extend(_embeddings(response, len(body["input"])))
+            vectors.extend(parse_embeddings(response, len(batch)))
+            if progress is not None:
+                progress(len(vectors), len(texts))
         return vectors
 
-    # ---- HTTP ---------------------------------------------------------------------------
 
-    def _response_format(self, schema: Mapping[str, Any] | type) -> dict[str, Any]:
-        if isinstance(schema, type):
-            name, schema = schema.__name__, msgspec.json.schema(schema)
-        else:
-            name = str(schema.get("title") or "reply")
-        if self.structured_output == "json_object":
-            return {"type": "json_object", "schema": dict(schema)}
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
-
-    def _post_embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        n = len(body["input"])
-        return self._checked(self._post("/embeddings", body), lambda r: _embeddings(r, n))
-
-    def _checked(
-        self, response: dict[str, Any], check: Callable[[dict[str, Any]], object]
-    ) -> dict[str, Any]:
-        """Reject a 200 reply of the wrong shape before it is cached."""
-        try:
-            check(response)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise TeacherError(
-                f"teacher server at {self.base_url} sent an unexpected reply "
-                f"({_snippet(json.dumps(response))}); check that it is OpenAI-compatible"
-            ) from exc
-        return response
-
-    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST with retries on 429, 5xx, connection errors and timeouts."""
-        url = self.base_url + path
-        last = ""
-        kind = "status"
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: float | None = None
-            try:
-                reply = self._client.post(url, json=body)
-            except httpx.TimeoutException:
-                kind, last = "timeout", f"no answer within {self.timeout:g}s"
-            except httpx.TransportError as exc:
-                kind, last = "connect", f"{type(exc).__name__}: {exc}"
-            else:
-                status = reply.status_code
-                if status in (401, 403):
-                    raise TeacherAuthError(
-                        f"teacher rejected the API key (HTTP {status} from {url}); "
-                        "set PLD_TEACHER_API_KEY"
-                    )
-                if status < 300:
-                    try:
-                        data = reply.json()
-                    except ValueError:
-                        data = None
-                    if not isinstance(data, dict):
-                        raise TeacherError(
-                            f"teacher server at {self.base_url} sent a reply that is not a JSON "
-                            f"object ({_snippet(reply.text)}); check that it is OpenAI-compatible"
-                        )
-                    return data
-                if status >= 400 and (
-                    "json_schema" in reply.text or "response_format" in reply.text
-                ):
-                    raise TeacherError(
-                        f"teacher server at {self.base_url} does not take this response_format "
-                        f"(HTTP {status}: {_snippet(reply.text)}); pass --structured-output "
-                        "json_object (llama-cpp-python's server) or off"
-                    )
-                if status not in _RETRY_STATUS and status < 500:
-                    if status == 404:
-                        hint = "check the model name and that the base URL ends in /v1"
-                    elif "context" in reply.text.lower():
-                        hint = (
-                            "the prompt is too long for the teacher's context: use a teacher "
-                            "with a longer context or show it less (--loop-failures, "
-                            "--loop-successes, --example-chars)"
-                        )
-                    else:
-                        hint = "check the model name and request parameters"
-                    raise TeacherError(
-                        f"teacher server at {self.base_url} refused the request "
-                        f"(HTTP {status}: {_snippet(reply.text)}); {hint}"
-                    )
-                kind, last = "status", f"HTTP {status}: {_snippet(reply.text)}"
-                retry_after = _retry_after(reply.headers.get("retry-after"))
-            if attempt < self.max_attempts:
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                delay *= 1 + 0.1 * random.random()  # jitter spreads out parallel retries
-                time.sleep(min(self.max_backoff, retry_after) if retry_after is not None else delay)
-        tries = f"{self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
-        if kind == "connect":
-            raise TeacherUnreachableError(
-                f"teacher server at {self.base_url} is unreachable ({last}, {tries}); "
-                "start it or check --teacher"
-            )
-        if kind == "timeout":
-            raise TeacherError(
-                f"teacher server at {self.base_url} gave no answer within {self.timeout:g}s "
-                f"({tries}); raise the timeout or check the server"
-            )
-        raise TeacherError(
-            f"teacher server at {self.base_url} kept failing ({last}) after {tries}; "
-            "retry later or lower the concurrency"
-        )
-
-
-def _chat_text(response: Mapping[str, Any]) -> str:
-    content = response["choices"][0]["message"].get("content")
-    if content is not None and not isinstance(content, str):
-        raise TypeError("message content is not a string")
-    return content or ""
-
-
-def _embeddings(response: Mapping[str, Any], n: int) -> list[list[float]]:
-    """One vector per input; token-level outputs (llama-cpp-python without pooling) are mean-pooled."""
-    rows = sorted(response["data"], key=lambda d: d.get("index", 0))
-    if len(rows) != n:
-        raise ValueError(f"expected {n} embeddings, got {len(rows)}")
-    out = []
-    for row in rows:
-        vec = row["embedding"]
-        if vec and isinstance(vec[0], list):
-            width = len(vec[0])
-            vec = [sum(tok[j] for tok in vec) / len(vec) for j in range(width)]
-        out.append([float(x) for x in vec])
-    return out
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header; None for an HTTP date or garbage."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return max(0.0, seconds) if seconds is not None else None
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+def schema_of(json_schema: JsonSchema) -> tuple[str, dict[str, Any]]:
+    """``(name, schema dict)`` of a JSON schema given as a dict or as a msgspec type."""
+    if isinstance(json_schema, type):
+        return json_schema.__name__, msgspec.json.schema(json_schema)
+    return str(json_schema.get("title") or "reply"), dict(json_schema)

@@ -38,7 +38,7 @@ def main(paths: list[str]) -> None:
         st = result["stages"]
         ext, con, rev = st["extract"], st["consolidate"], st["revise"]
 
-        def tokens(s: dict) -> int:
+        def tokens(s: dict[str, int]) -> int:
             return s["prompt_tokens"] + s["completion_tokens"]
 
         ext_req, ext_tok = ext["requests"] / used, tokens(ext) / used

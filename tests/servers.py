@@ -1,15 +1,18 @@
 """Servers the tests talk to, all on 127.0.0.1.
 
 ``ScriptedServer`` replays queued replies: it provokes faults a real server will not produce on
-demand (429 with Retry-After, 5xx, slow or malformed replies). ``LlamaServer`` is the real
+demand (429 with Retry-After, 5xx, slow or malformed replies); ``teacher_reply`` makes it a
+cooperative teacher for the distiller's prompts. ``LlamaServer`` is the real
 thing: llama-cpp-python's OpenAI-compatible server running a GGUF, stoppable and restartable on
 the same port so that tests can kill it mid-run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,6 +92,47 @@ class ScriptedServer:
 
     def push(self, *replies: Reply) -> None:
         self.queue.extend(replies)
+
+
+STEREOSET_AXES = {"anti-stereotype": 1, "stereotype": 0, "unrelated": 2}
+
+
+def _label_of(text: str, axes: dict[str, int]) -> str:
+    return next(name for name in axes if name in text)
+
+
+def teacher_reply(body: dict[str, Any], axes: dict[str, int] = STEREOSET_AXES) -> Reply:
+    """What a cooperative teacher says to each of the distiller's prompts.
+
+    Embeddings point along one axis per label (``axes``) the rule leads to, so the rules of a
+    label cluster together; extraction, consolidation and revision get valid JSON replies.
+    """
+    if "input" in body:  # embeddings: a direction per label the rule leads to
+        rows = []
+        for i, text in enumerate(body["input"]):
+            v = [0.0] * 6
+            v[axes[_label_of(text, axes)]] = 1.0
+            v[3 + int(hashlib.sha1(text.encode()).hexdigest(), 16) % 3] = 0.05
+            rows.append({"index": i, "embedding": v})
+        return Reply(200, {"data": rows, "usage": {"prompt_tokens": 5 * len(rows)}})
+    text = body["messages"][0]["content"]
+    reply: dict[str, Any]
+    if "Correct label:" in text and "numbered rules" not in text:
+        match = re.search(r"Correct label: (\S+)", text)
+        assert match is not None
+        label = match[1]
+        reply = {
+            "rationale": f"The sentence fits {label}.",
+            "rule": f"When a sentence matches the pattern of this kind, answer {label}.",
+        }
+    elif "written independently" in text:
+        label = _label_of(text.split("recurring pattern:")[1], axes)
+        reply = {"instruction": f"Sentences that follow this shared pattern are {label}."}
+    else:
+        first, second = list(axes)[:2]
+        reply = {"rules": [{"text": f"Inputs that match the first pattern are {first}.", "based_on": [1]},
+                           {"text": f"Inputs that match the second pattern are {second}.", "based_on": []}]}  # fmt: skip
+    return Reply(200, chat_body(json.dumps(reply), 40, 20))
 
 
 def free_port() -> int:

@@ -1,41 +1,35 @@
-"""The distiller: data sampling, clustering, the prompt budget, repairs, and whole runs.
+"""The distiller's parts, fast: data sampling, clustering, the prompt budget, repairs, prompt
+templates, the CLI's options, errors that name the fix, and a light ``import pld.distiller``.
 
-Whole runs use the real student (Gemma-3 270M through pld.runtime). The teacher is either the
-scripted server of tests/servers.py, which answers each stage's prompt by its kind and injects
-faults a real server will not produce on demand (429, 500, a slow reply, malformed JSON), or a
-real llama-cpp-python server running SmolLM2, killed mid-run and restarted.
+Whole runs with the real student are in test_distill_runs.py. The teacher here is the scripted
+server of tests/servers.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
-from conftest import data_file, records
-from servers import LlamaServer, Reply, ScriptedServer, chat_body
+from servers import Reply, ScriptedServer, chat_body, teacher_reply
+from typer.testing import CliRunner
 
-from pld.distiller.ask import AskStats, ask_json, prompt_hashes
+from pld.distiller.ask import AskStats, ask_json
+from pld.distiller.backends import open_teacher
 from pld.distiller.cache import ResponseCache
 from pld.distiller.cluster import cluster_vectors, median_distance, representatives
 from pld.distiller.consolidate import fit_budget
 from pld.distiller.data import Example, load_examples, load_task, stratified_sample
 from pld.distiller.extract import Extraction
+from pld.distiller.openai_teacher import OpenAITeacher
 from pld.distiller.pipeline import Settings, distill
-from pld.distiller.teacher import OpenAITeacher
-from pld.errors import DataError, PldError
-from pld.runtime.bundle import Instruction, Label, Task, load_bundle, render_system_prompt
+from pld.distiller.templates import PROMPTS, prompt, prompt_hashes
+from pld.errors import ConfigError, DataError, DistillError, TeacherError
+from pld.runtime.bundle import Instruction, Label, Task, render_system_prompt
 
 TASK = Task(
     name="toy",
@@ -212,269 +206,53 @@ def test_malformed_replies_are_repaired_or_counted(tmp_path: Path) -> None:
         server.httpd.server_close()
 
 
-# ---- a whole run against the scripted teacher ----------------------------------------------
-
-AXES = {"anti-stereotype": 1, "stereotype": 0, "unrelated": 2}
+# ---- prompt templates, the CLI, and what importing costs -------------------------------------
 
 
-def _label_of(text: str, axes: dict[str, int] = AXES) -> str:
-    return next(name for name in axes if name in text)
+def test_prompt_templates_render_strictly_and_are_hashed() -> None:
+    text = prompt("extract", description="D.", labels="- a: x", input_format="one line",
+                  input="the input", label="a")  # fmt: skip
+    assert "the input" in text and "$" not in text
+    with pytest.raises(KeyError, match="label"):
+        prompt("extract", description="D.", labels="- a: x", input_format="f", input="i")
+    hashes = prompt_hashes()
+    assert list(hashes) == list(PROMPTS) == ["extract", "consolidate", "revise"]
+    assert all(h.startswith("sha256:") and len(h) == 71 for h in hashes.values())
 
 
-def _answer(body: dict[str, Any], axes: dict[str, int] = AXES) -> Reply:
-    """What a cooperative teacher says to each of the distiller's prompts."""
-    if "input" in body:  # embeddings: a direction per label the rule leads to
-        rows = []
-        for i, text in enumerate(body["input"]):
-            v = [0.0] * 6
-            v[axes[_label_of(text, axes)]] = 1.0
-            v[3 + int(hashlib.sha1(text.encode()).hexdigest(), 16) % 3] = 0.05
-            rows.append({"index": i, "embedding": v})
-        return Reply(200, {"data": rows, "usage": {"prompt_tokens": 5 * len(rows)}})
-    text = body["messages"][0]["content"]
-    if "Correct label:" in text and "numbered rules" not in text:
-        label = re.search(r"Correct label: (\S+)", text)[1]  # type: ignore[index]
-        reply = {
-            "rationale": f"The sentence fits {label}.",
-            "rule": f"When a sentence matches the pattern of this kind, answer {label}.",
-        }
-    elif "written independently" in text:
-        label = _label_of(text.split("recurring pattern:")[1], axes)
-        reply = {"instruction": f"Sentences that follow this shared pattern are {label}."}
-    else:
-        first, second = list(axes)[:2]
-        reply = {"rules": [{"text": f"Inputs that match the first pattern are {first}.", "based_on": [1]},
-                           {"text": f"Inputs that match the second pattern are {second}.", "based_on": []}]}  # fmt: skip
-    return Reply(200, chat_body(json.dumps(reply), 40, 20))
+def test_cli_offers_its_choices_and_refuses_others(tmp_path: Path) -> None:
+    import typer
+
+    from pld.distiller import cli
+
+    app = typer.Typer()
+    app.command()(cli.distill)
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "none|contextual" in help_text and "json_schema|json_object|off" in help_text
+    assert "teacher-cache/ in pld's cache directory" in help_text
+    common = ["--task", "stereoset", "--train", "t", "--dev", "d", "--teacher", "openai:m",
+              "--out", str(tmp_path / "o.json")]  # fmt: skip
+    for option, bad in (("--calibration", "sometimes"), ("--structured-output", "xml")):
+        result = runner.invoke(app, [*common, option, bad])
+        assert result.exit_code == 2 and f"'{bad}' is not one of" in result.output
 
 
-@pytest.mark.model
-def test_whole_run_survives_faults_and_replays_offline(tmp_path: Path) -> None:
-    server = ScriptedServer()
-    seen = {"n": 0}
-    faults = [
-        Reply(429, {"error": "slow down"}, {"Retry-After": "0"}),
-        Reply(500, {"error": "boom"}),
-        Reply(503, {"error": "busy"}),
-        Reply(200, chat_body("{not json"), delay=0.0),  # malformed: repaired by a new request
-        Reply(200, {"unexpected": True}, delay=1.5),  # slower than the 1 s timeout: retried
-    ]
-
-    def respond(body: dict[str, Any]) -> Reply:
-        seen["n"] += 1
-        if seen["n"] <= len(faults) and "messages" in body:
-            return faults[seen["n"] - 1]
-        return _answer(body)
-
-    server.responder = respond
-    server.thread.start()
-    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
-    rows = records("stereoset", "train", 18)
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    per_label = sorted((sum(r["label"] == k for r in rows) for k in AXES), reverse=True)
-    dev.write_text("".join(json.dumps(r) + "\n" for r in records("stereoset", "dev", 9)))
-    spec = f"openai:scripted@{server.url}"
-    kwargs: dict[str, Any] = dict(
-        task="stereoset", train=train, dev=dev, teacher=spec, embedder=spec, out=tmp_path / "b.pld.json",
-        settings=Settings(min_samples=2, max_rounds=1, loop_limit=9), cache_dir=tmp_path / "cache",
-        concurrency=1, show_progress=False, teacher_options={"timeout": 1.0, "backoff": 0.01},
-        log=lambda line: None,
-    )  # fmt: skip
-    try:
-        first = distill(**kwargs)
-        assert first.extracted == 18 and first.repaired == 1 and first.failed == 0
-        # one cluster per label the rules lead to; a label with one example is noise
-        assert first.clusters == [n for n in per_label if n >= 2]
-        assert first.noise == sum(n for n in per_label if n < 2)
-        assert first.teacher_calls > 18 and first.rounds == 1
-        bundle = load_bundle(first.bundle)
-        assert bundle.provenance["teacher"] == {"backend": "openai", "model": "scripted"}
-        assert bundle.provenance["prompts"] == prompt_hashes()
-        assert bundle.provenance["datasets"]["train"]["used"] == 18
-        assert bundle.metrics and bundle.metrics.n == 9
-        assert bundle.metrics.zero_shot_macro_f1 == pytest.approx(
-            first.dev_macro_f1_zero_shot, abs=1e-6
-        )
-        assert len(bundle.instructions) == first.rules >= 1
-        calls = len(server.log)
-        data = Path(first.bundle).read_bytes()
-        student = sorted((tmp_path / "cache" / "student").glob("*.json"))
-        assert len(student) >= 3  # zero-shot, rules, and the round's train and dev runs
-        stamps = [p.stat().st_mtime_ns for p in student]
-
-        again = distill(**kwargs)  # the identical run: all from the cache
-        assert (
-            again.teacher_calls == 0 and again.cache_hits == first.teacher_calls + first.cache_hits
-        )
-        assert again.tokens_total == first.tokens_total and again.tokens_spent == 0
-        assert len(server.log) == calls
-        assert again.unchanged and Path(first.bundle).read_bytes() == data
-        assert [p.stat().st_mtime_ns for p in student] == stamps  # the student was not rerun
-
-        student[0].write_text("[not json")  # a damaged entry is classified again
-        third = distill(**kwargs)
-        assert third.unchanged and Path(first.bundle).read_bytes() == data
-        assert msgspec.json.decode(student[0].read_bytes(), type=list[str])
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-
-
-@pytest.mark.model
-def test_any_task_from_a_task_file_and_csv(tmp_path: Path) -> None:
-    axes = {"pos": 0, "neg": 1}
-    server = ScriptedServer()
-    server.responder = lambda body: _answer(body, axes)
-    server.thread.start()
-    task = tmp_path / "reviews.toml"
-    task.write_text(
-        'name = "reviews"\ndescription = "Decide whether a product review is positive or negative."\n'
-        'input_format = "one review"\n[[labels]]\nname = "pos"\ndefinition = "the review praises"\n'
-        '[[labels]]\nname = "neg"\ndefinition = "the review complains"\n'
+def test_importing_the_distiller_loads_no_heavy_dependency() -> None:
+    # A device install lacks them, and `pld classify` imports the distiller's CLI module.
+    code = (
+        "import sys, pld.distiller, pld.distiller.cli\n"
+        "heavy = [m for m in ('httpx', 'sklearn', 'llama_cpp') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert sorted(pld.distiller.__all__) == pld.distiller.__all__\n"
+        "from pld.distiller import Teacher, OpenAITeacher, LocalTeacher\n"
+        "assert issubclass(OpenAITeacher, Teacher) and issubclass(LocalTeacher, Teacher)\n"
     )
-    good = [
-        "Works great",
-        "Love it",
-        "Best purchase this year",
-        "Sturdy and cheap",
-        "Five stars",
-        "Does the job well",
-    ]
-    bad = [
-        "Broke in a day",
-        "Waste of money",
-        "Arrived damaged",
-        "Stopped working",
-        "Terrible smell",
-        "Never again",
-    ]
-    data = tmp_path / "reviews.csv"
-    data.write_text("review,verdict\n" + "".join(f"{t},pos\n{u},neg\n" for t, u in zip(good, bad)))
-    spec = f"openai:scripted@{server.url}"
-    try:
-        result = distill(
-            task=str(task), train=data, dev=data, teacher=spec, embedder=spec,
-            out=tmp_path / "reviews.pld.json", cache_dir=tmp_path / "cache", show_progress=False,
-            settings=Settings(min_samples=3, max_rounds=1, text_field="review", label_field="verdict"),
-            log=lambda line: None,
-        )  # fmt: skip
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-    assert result.extracted == 12 and result.clusters == [6, 6]
-    bundle = load_bundle(result.bundle)
-    assert bundle.name == "reviews" and bundle.labels == ["pos", "neg"]
-    assert bundle.provenance["datasets"]["train"]["file"] == "reviews.csv"
-    assert any("pos" in x.text for x in bundle.instructions)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
-def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) -> None:
-    server = ScriptedServer()
-    server.responder = lambda body: dataclasses.replace(_answer(body), delay=0.3)
-    server.thread.start()
-    cache = tmp_path / "cache"
-    args = [
-        "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
-        "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:scripted@{server.url}",
-        "--limit", "30", "--dev-limit", "6", "--concurrency", "1", "--cache-dir", str(cache), "--out",
-        str(tmp_path / "b.pld.json"), "--no-progress",
-    ]  # fmt: skip
-    run = _pld(*args, env=dict(os.environ))
-    try:
-        deadline = time.monotonic() + 60
-        while _entries(cache) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-        server.httpd.shutdown()
-        server.httpd.server_close()
-    assert run.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr and "run the same command again" in stderr
-    assert "Traceback" not in stderr
-    assert _entries(cache) >= 3  # what finished is kept for the rerun
-
-
-# ---- a whole run against a real server, killed and resumed ---------------------------------
-
-
-def _pld(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    pld = str(Path(sys.executable).parent / "pld")
-
-    def interruptible() -> None:
-        # a job started in the background by a shell (as CI may run us) ignores SIGINT, and a
-        # child inherits that; a user's terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    return subprocess.Popen([pld, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=interruptible)  # fmt: skip
-
-
-def _entries(cache: Path) -> int:
-    return sum(1 for _ in cache.glob("[0-9a-f][0-9a-f]/*.json"))  # teacher replies only
-
-
-@pytest.mark.model
-@pytest.mark.slow
-def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Path) -> None:
-    from pld.models import resolve
-    from pld.runtime.classifier import Classifier
-
-    server = LlamaServer(resolve("smollm2-135m-instruct").path, tmp_path / "server.log", n_ctx=2048)
-    server.start()
-    cache, out = tmp_path / "cache", tmp_path / "ss.pld.json"
-    args = [
-        "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
-        "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:smollm2@{server.url}",
-        "--structured-output", "json_object", "--limit", "9", "--dev-limit", "9", "--loop-limit", "6",
-        "--min-samples", "2", "--eps", "0.6", "--rounds", "1", "--concurrency", "1", "--retries", "2",
-        "--timeout", "60", "--cache-dir", str(cache), "--out", str(out), "--no-progress",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        # 1. the server dies during extraction: the run stops with a clear error
-        run = _pld(*args, env=env)
-        deadline = time.monotonic() + 240
-        while _entries(cache) < 3 and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        server.stop()
-        stdout, stderr = run.communicate(timeout=120)
-        assert run.returncode == 2, stderr[-2000:]
-        assert "unreachable" in stderr and "start it or check --teacher" in stderr
-        kept = _entries(cache)
-        assert 3 <= kept < 9
-
-        # 2. the same command resumes: nothing that finished is asked again
-        server.start()
-        run = _pld(*args, env=env)
-        stdout, stderr = run.communicate(timeout=900)
-        assert run.returncode == 0, stderr[-3000:]
-        second = json.loads(stdout.strip().splitlines()[-1])
-        assert second["cache_hits"] >= kept
-        assert second["teacher_calls"] == _entries(cache) - kept  # every call made a new entry
-        assert {"bundle", "rules", "prompt_tokens", "teacher_calls", "cache_hits", "dev_macro_f1_zero_shot",
-                "dev_macro_f1_bundle", "rounds"} <= set(second)  # fmt: skip
-        assert "dev Macro-F1 (n=9)" in stdout and "extraction:" in stderr
-        data = out.read_bytes()
-
-        # 3. with the server gone, the finished run replays from the cache alone
-        server.stop()
-        run = _pld(*args, env=env)
-        stdout, stderr = run.communicate(timeout=600)
-        assert run.returncode == 0, stderr[-3000:]
-        third = json.loads(stdout.strip().splitlines()[-1])
-        assert third["teacher_calls"] == 0 and third["unchanged"]
-        assert out.read_bytes() == data
-        assert third["dev_macro_f1_bundle"] == second["dev_macro_f1_bundle"]
-    finally:
-        server.stop()
-
-    # the bundle is a working bundle for the runtime
-    with Classifier.open(out) as clf:
-        pred = clf.classify(records("stereoset", "dev", 1)[0]["text"])
-        assert pred.label in clf.labels and abs(sum(pred.probs.values()) - 1) < 1e-6
+# ---- errors ----------------------------------------------------------------------------------
 
 
 def test_pipeline_errors_name_the_fix(tmp_path: Path) -> None:
@@ -483,7 +261,27 @@ def test_pipeline_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not one of the task's labels"):
         distill(task="stereoset", train=train, dev=train, teacher="openai:x@http://127.0.0.1:9/v1",
                 out=tmp_path / "o.json", cache_dir=tmp_path / "c", show_progress=False)  # fmt: skip
-    with pytest.raises(PldError, match="local:NAME_OR_PATH"):
-        from pld.distiller.backends import open_teacher
-
+    with pytest.raises(TeacherError, match="local:NAME_OR_PATH"):
         open_teacher("gpt-4o", cache=ResponseCache(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="pass --eps"):
+        cluster_vectors([[1.0, 0.0]], eps=3.0)
+
+
+def test_a_run_without_clusters_stops_before_the_student(tmp_path: Path) -> None:
+    server = ScriptedServer()
+    server.responder = teacher_reply
+    server.thread.start()
+    train = tmp_path / "train.jsonl"
+    rows = [{"text": f"sentence {i} {label}", "label": label}
+            for i, label in enumerate(["stereotype", "anti-stereotype", "unrelated"] * 2)]  # fmt: skip
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = f"openai:scripted@{server.url}"
+    try:
+        with pytest.raises(DistillError, match="DBSCAN found no cluster.*--min-samples"):
+            distill(task="stereoset", train=train, dev=train, teacher=spec, embedder=spec,
+                    out=tmp_path / "o.json", cache_dir=tmp_path / "c", show_progress=False,
+                    settings=Settings(min_samples=3), log=lambda line: None)  # fmt: skip
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert not (tmp_path / "o.json").exists()

@@ -15,8 +15,8 @@ import pytest
 
 from pld.distiller.cache import ResponseCache
 from pld.distiller.local import LocalTeacher, _fold_system
-from pld.distiller.teacher import ChatRequest, TeacherError, parse_json
-from pld.errors import ModelNotFoundError, PldError
+from pld.distiller.teacher import EMBED_BATCH_SIZE, ChatRequest, parse_json
+from pld.errors import ModelNotFoundError, PldError, TeacherError
 from pld.models import resolve
 
 SMOL = "smollm2-135m-instruct"
@@ -134,6 +134,7 @@ def test_embeddings_are_distinct_normalised_and_cached(cache_dir: Path) -> None:
         assert cache.stats.calls == 1 and cache.stats.prompt_tokens > 10
 
         # Past 64 texts the batch splits, each batch its own cache entry.
+        assert EMBED_BATCH_SIZE == 64
         many = teacher.embed([f"item number {i}" for i in range(70)])
         assert len(many) == 70 and cache.stats.calls == 3
 

@@ -10,12 +10,8 @@ real OpenAI-compatible server: llama-cpp-python's, serving the SmolLM2 model.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import threading
 import time
-import warnings
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +19,14 @@ import msgspec
 import pytest
 from servers import LlamaServer, Reply, ScriptedServer, chat_body, free_port
 
-from pld.distiller.cache import ResponseCache, request_key
-from pld.distiller.teacher import (
-    ChatRequest,
-    MalformedReply,
-    OpenAITeacher,
+from pld.distiller.cache import ResponseCache
+from pld.distiller.openai_teacher import OpenAITeacher, parse_teacher_spec
+from pld.distiller.teacher import EMBED_BATCH_SIZE, ChatRequest, parse_json
+from pld.errors import (
+    MalformedReplyError,
     TeacherAuthError,
     TeacherError,
     TeacherUnreachableError,
-    parse_json,
-    parse_teacher_spec,
 )
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -151,7 +145,7 @@ def test_schema_is_sent_and_malformed_content_raises(server, make_teacher) -> No
     assert msgspec.json.encode(fmt["json_schema"]["schema"]) == msgspec.json.encode(
         msgspec.json.schema(Rule)
     )
-    with pytest.raises(MalformedReply, match="no JSON object") as info:
+    with pytest.raises(MalformedReplyError, match="no JSON object") as info:
         parse_json(text, Rule)
     assert info.value.text == text
 
@@ -175,9 +169,9 @@ def test_parse_json_finds_fenced_and_embedded_objects() -> None:
     assert parse_json(fenced, Rule) == Rule(rationale="r", rule="x")
     prose = 'Here {is} it: {"rationale": "a {brace}", "rule": "y"} -- ok {"other": 1}'
     assert parse_json(prose, Rule) == Rule(rationale="a {brace}", rule="y")
-    with pytest.raises(MalformedReply, match=r"does not match Rule.*\$.rule"):
+    with pytest.raises(MalformedReplyError, match=r"does not match Rule.*\$.rule"):
         parse_json('{"rationale": "r", "rule": 3}', Rule)
-    with pytest.raises(MalformedReply, match="does not match Rule"):
+    with pytest.raises(MalformedReplyError, match="does not match Rule"):
         parse_json('{"rationale": "r", "rule": "x", "extra": 1}', Rule)
 
 
@@ -246,59 +240,6 @@ def test_corrupt_entry_is_a_miss_and_is_overwritten(server, make_teacher) -> Non
     assert teacher.chat(MESSAGES).cached
 
 
-WRITE_REQUEST = {"endpoint": "chat.completions", "model": "m", "messages": MESSAGES}
-BIG = "x" * 200_000  # large enough that a torn write would be visible
-
-
-def _write_and_read(directory: Path, writer: int) -> None:
-    cache = ResponseCache(directory)
-    for j in range(20):
-        cache.put(WRITE_REQUEST, {"writer": writer, "j": j, "pad": BIG})
-        got = cache.get(WRITE_REQUEST)
-        assert got is not None and got["pad"] == BIG
-
-
-def test_concurrent_writers_of_one_key_are_safe(tmp_path) -> None:
-    request = WRITE_REQUEST
-    cache = ResponseCache(tmp_path)
-    big = BIG
-    procs = multiprocessing.get_context("fork")
-    with ThreadPoolExecutor(4) as threads, ProcessPoolExecutor(2, mp_context=procs) as processes:
-        futures = [threads.submit(_write_and_read, tmp_path, i) for i in range(4)]
-        futures += [processes.submit(_write_and_read, tmp_path, i) for i in range(4, 6)]
-        for future in futures:
-            future.result()  # re-raises a writer's failure here
-    assert cache.get(request)["pad"] == big
-    assert [p.name for p in tmp_path.rglob("*")] == [
-        request_key(request)[:2],
-        request_key(request) + ".json",
-    ]
-
-
-def test_concurrent_identical_fetches_call_once(tmp_path) -> None:
-    cache = ResponseCache(tmp_path)
-    calls = []
-
-    def call() -> dict[str, Any]:
-        calls.append(1)
-        time.sleep(0.2)
-        return {"usage": {"prompt_tokens": 2, "completion_tokens": 1}}
-
-    threads = [threading.Thread(target=cache.fetch, args=({"k": 1}, call)) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1
-    assert (cache.stats.calls, cache.stats.hits, cache.stats.prompt_tokens) == (1, 4, 2)
-
-
-def test_key_is_canonical() -> None:
-    a = {"model": "m", "messages": MESSAGES, "temperature": 0.0}
-    assert request_key(a) == request_key(dict(reversed(list(a.items()))))
-    assert request_key(a) != request_key({**a, "temperature": 0.5})
-
-
 # ---- parallel requests and embeddings ----------------------------------------------------
 
 
@@ -326,23 +267,47 @@ def test_chat_many_raises_the_first_error(server, make_teacher) -> None:
 
 
 def test_embed_batches_and_pools_token_vectors(server, make_teacher) -> None:
-    server.push(
-        Reply(
-            200,
-            {
-                "data": [
-                    {"index": 1, "embedding": [0.0, 1.0]},
-                    {"index": 0, "embedding": [1.0, 0.0]},
-                ]
-            },
-        ),
-        Reply(200, {"data": [{"index": 0, "embedding": [[1.0, 2.0], [3.0, 4.0]]}]}),
-    )
-    teacher = make_teacher(embed_batch_size=2)
-    assert teacher.embed(["a", "b", "c"]) == [[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]]
-    assert [e["body"]["input"] for e in server.log] == [["a", "b"], ["c"]]
-    assert teacher.embed(["a", "b", "c"]) == [[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]]
+    n = EMBED_BATCH_SIZE + 2
+
+    def respond(body: dict[str, Any]) -> Reply:
+        texts = body["input"]
+        if len(texts) == EMBED_BATCH_SIZE:  # rows out of order: the index puts them back
+            rows = [{"index": i, "embedding": [float(t[1:]), 1.0]} for i, t in enumerate(texts)]
+            return Reply(200, {"data": rows[::-1]})
+        # token-level vectors (llama-cpp-python's server without pooling) are mean-pooled
+        rows = [{"index": i, "embedding": [[float(t[1:]), 2.0], [float(t[1:]), 4.0]]}
+                for i, t in enumerate(texts)]  # fmt: skip
+        return Reply(200, {"data": rows})
+
+    server.responder = respond
+    teacher = make_teacher()
+    texts = [f"t{i}" for i in range(n)]
+    expected = [[float(i), 1.0] for i in range(EMBED_BATCH_SIZE)] + [
+        [float(i), 3.0] for i in range(EMBED_BATCH_SIZE, n)
+    ]
+    seen: list[tuple[int, int]] = []
+    assert teacher.embed(texts, progress=lambda d, t: seen.append((d, t))) == expected
+    assert [e["body"]["input"] for e in server.log] == [
+        texts[:EMBED_BATCH_SIZE],
+        texts[EMBED_BATCH_SIZE:],
+    ]
+    assert all(e["path"] == "/v1/embeddings" for e in server.log)
+    assert seen == [(EMBED_BATCH_SIZE, n), (n, n)]  # once per batch
+    assert teacher.embed(texts) == expected  # each batch from its cache entry
     assert len(server.log) == 2
+    assert teacher.embed([]) == [] and len(server.log) == 2
+
+
+def test_embeddings_of_the_wrong_shape_are_not_cached(server, make_teacher) -> None:
+    server.push(
+        Reply(200, {"data": [{"index": 0, "embedding": [1.0]}]}),  # one vector for two texts
+        Reply(200, {"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [2.0]}]}),
+    )
+    teacher = make_teacher()
+    with pytest.raises(TeacherError, match="unexpected reply.*OpenAI-compatible"):
+        teacher.embed(["a", "b"])
+    assert teacher.embed(["a", "b"]) == [[1.0], [2.0]]
+    assert teacher.cache.stats.calls == 1
 
 
 # ---- the real thing ----------------------------------------------------------------------
@@ -388,12 +353,11 @@ def test_real_openai_compatible_server(tmp_path) -> None:
             teacher.structured_output = "json_schema"  # this server takes json_object only
             with pytest.raises(TeacherError, match="--structured-output json_object"):
                 teacher.chat(MESSAGES, json_schema=Rule, max_tokens=8)
-            try:
-                vectors = teacher.embed(["a short rule", "another rule"])
-            except TeacherError as exc:  # the chat part stands; only embeddings are unchecked
-                warnings.warn(f"this llama_cpp.server gives no embeddings: {exc}", stacklevel=1)
-            else:
-                assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
-                assert vectors[0] != vectors[1]
+            # the same server embeds: token-level vectors, mean-pooled here
+            vectors = teacher.embed(["a short rule", "another rule"])
+            assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
+            assert vectors[0] != vectors[1]
+            assert teacher.embed(["a short rule", "another rule"]) == vectors
+            assert (teacher.cache.stats.calls, teacher.cache.stats.hits) == (2, 2)
     finally:
         server.stop()

@@ -1,0 +1,1 @@
+"""The teacher's prompt templates as package data (``*.md``); ``templates`` loads them."""
