@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,24 @@ def records(task: str, split: str = "dev", n: int = 10) -> list[dict]:
             if len(out) == n:
                 return out
     raise AssertionError(f"the {task} {split} fixture has {len(out)} records, not {n}")
+
+
+def pld_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The `pld` command as a user starts it, with stdout and stderr piped, interruptible."""
+
+    def interruptible() -> None:
+        # a job started in the background by a shell (as CI may run us) ignores SIGINT, and a
+        # child inherits that; a user's terminal does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "pld"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=interruptible,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import data_file, records
+from conftest import data_file, pld_process, records
 from typer.testing import CliRunner
 
 from pld.cli import app
@@ -118,17 +118,7 @@ def test_ctrl_c_on_classify_says_interrupted_without_the_distillers_hint(tmp_pat
     text = "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring."
     src.write_text("".join(json.dumps({"id": str(i), "text": text}) + "\n" for i in range(5000)))
 
-    def interruptible() -> None:  # a shell's background job ignores SIGINT; a terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    pld = str(Path(sys.executable).parent / "pld")
-    run = subprocess.Popen(
-        [pld, "classify", "--bundle", "stereoset", "--input", str(src)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    run = pld_process("classify", "--bundle", "stereoset", "--input", str(src))
     try:
         assert run.stdout is not None
         first = run.stdout.readline()  # it is classifying now

@@ -12,15 +12,13 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import data_file, records
+from conftest import data_file, pld_process, records
 from servers import (
     STEREOSET_AXES,
     LlamaServer,
@@ -168,7 +166,7 @@ def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) ->
         "--limit", "30", "--dev-limit", "6", "--concurrency", "1", "--cache-dir", str(cache), "--out",
         str(tmp_path / "b.pld.json"), "--no-progress",
     ]  # fmt: skip
-    run = _pld(*args, env=dict(os.environ))
+    run = pld_process(*args, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 60
         while _entries(cache) < 3 and time.monotonic() < deadline:
@@ -187,18 +185,6 @@ def test_ctrl_c_keeps_finished_replies_and_says_how_to_resume(tmp_path: Path) ->
 
 
 # ---- a whole run against a real server, killed and resumed ---------------------------------
-
-
-def _pld(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    pld = str(Path(sys.executable).parent / "pld")
-
-    def interruptible() -> None:
-        # a job started in the background by a shell (as CI may run us) ignores SIGINT, and a
-        # child inherits that; a user's terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    return subprocess.Popen([pld, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=interruptible)  # fmt: skip
 
 
 def _entries(cache: Path) -> int:
@@ -224,7 +210,7 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         # 1. the server dies during extraction: the run stops with a clear error
-        run = _pld(*args, env=env)
+        run = pld_process(*args, env=env)
         deadline = time.monotonic() + 240
         while _entries(cache) < 3 and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -237,7 +223,7 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
 
         # 2. the same command resumes: nothing that finished is asked again
         server.start()
-        run = _pld(*args, env=env)
+        run = pld_process(*args, env=env)
         stdout, stderr = run.communicate(timeout=900)
         assert run.returncode == 0, stderr[-3000:]
         second = json.loads(stdout.strip().splitlines()[-1])
@@ -250,7 +236,7 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
 
         # 3. with the server gone, the finished run replays from the cache alone
         server.stop()
-        run = _pld(*args, env=env)
+        run = pld_process(*args, env=env)
         stdout, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, stderr[-3000:]
         third = json.loads(stdout.strip().splitlines()[-1])
