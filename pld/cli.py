@@ -13,6 +13,8 @@ import typer
 from pld.bench import cli as bench_cli
 from pld.distiller import cli as distiller_cli
 from pld.errors import PldError, RunInterrupted
+from pld.fleet import cli as fleet_cli
+from pld.fleet import device_cli
 from pld.models import cli as models_cli
 from pld.runtime import cli as runtime_cli
 
@@ -26,10 +28,15 @@ app = typer.Typer(
 app.command("classify")(runtime_cli.classify)
 app.command("demo")(runtime_cli.demo)
 app.command("eval")(bench_cli.evaluate)
-app.command("distill")(distiller_cli.distill)
+app.add_typer(distiller_cli.app, name="distill")
 app.add_typer(runtime_cli.bundle_app, name="bundle")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(fleet_cli.keys_app, name="keys")
+app.add_typer(device_cli.device_app, name="device")
 app.add_typer(bench_cli.bench_app, name="bench")
+runtime_cli.bundle_app.command("sign")(fleet_cli.sign)
+runtime_cli.bundle_app.command("verify")(fleet_cli.verify)
+runtime_cli.bundle_app.command("publish")(fleet_cli.publish)
 
 
 def main() -> None:

@@ -12,13 +12,18 @@ __all__ = [
     "DataError",
     "DependencyError",
     "DistillError",
+    "FleetError",
     "InputError",
     "MalformedReplyError",
     "ModelError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "PldError",
+    "PullLockedError",
+    "RejectedError",
     "RunInterrupted",
+    "SignatureError",
+    "StoreError",
     "TeacherAuthError",
     "TeacherError",
     "TeacherUnreachableError",
@@ -104,3 +109,26 @@ class MalformedReplyError(TeacherError):
     def __init__(self, message: str, text: str) -> None:
         super().__init__(message)
         self.text = text
+
+
+# ---- bundle updates (pld.fleet) ------------------------------------------------------------
+
+
+class FleetError(PldError):
+    """Signing, publishing or pulling bundle updates failed; the active bundles are untouched."""
+
+
+class SignatureError(FleetError):
+    """A document or bundle has no valid signature from enough trusted keys (or a key is bad)."""
+
+
+class RejectedError(FleetError):
+    """A device refused an index or bundle: expired, older, another channel, wrong bytes, ..."""
+
+
+class StoreError(FleetError):
+    """A publication store (a directory or fsspec URL) cannot be read or written."""
+
+
+class PullLockedError(FleetError):
+    """Another pull is running on the same device directory."""

@@ -21,7 +21,7 @@ from .classifier import Classifier, Prediction, Timings
 from .model import Model
 from .options import ClassifierOptions
 from .records import Record, read_records
-from .store import resolve_bundle_path, shipped_bundles
+from .store import device_bundle_path, resolve_bundle_path, shipped_bundles
 
 __all__ = [
     "Bundle",
@@ -37,6 +37,7 @@ __all__ = [
     "Student",
     "Task",
     "Timings",
+    "device_bundle_path",
     "load_bundle",
     "read_records",
     "render_audit",

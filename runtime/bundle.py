@@ -29,6 +29,7 @@ __all__ = [
     "Student",
     "Task",
     "bundle_digest",
+    "canonical_bytes",
     "load_bundle",
     "render_system_prompt",
     "save_bundle",
@@ -173,12 +174,19 @@ def render_system_prompt(
     return "\n".join(lines)
 
 
-def bundle_digest(bundle: Bundle) -> str:
-    """sha256 of the bundle's canonical bytes (sorted keys, digest field left out)."""
+def canonical_bytes(bundle: Bundle) -> bytes:
+    """The bundle's canonical bytes: compact JSON, sorted keys, the digest field left out.
+
+    What the digest and a detached signature are computed over, whatever the file's layout.
+    """
     raw = msgspec.to_builtins(bundle)
     raw.pop("digest", None)
-    canonical = msgspec.json.encode(raw, order="sorted")
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    return msgspec.json.encode(raw, order="sorted")
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """sha256 of the bundle's canonical bytes (``canonical_bytes``)."""
+    return "sha256:" + hashlib.sha256(canonical_bytes(bundle)).hexdigest()
 
 
 def validate(bundle: Bundle) -> None:

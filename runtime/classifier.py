@@ -20,16 +20,16 @@ import numpy as np
 import numpy.typing as npt
 
 import pld.models as models
-from pld.errors import ContextOverflowError, InputError, ModelMismatchError
+from pld.errors import BundleError, ContextOverflowError, InputError, ModelMismatchError
 from pld.paths import prefix_states_dir
 
 from .batch import label_room
 from .bundle import Bundle, load_bundle
 from .engine import Engine
 from .model import Model
-from .options import ClassifierOptions
+from .options import DEVICE_STATES_KEPT, ClassifierOptions
 from .prefix_cache import PrefixStateStore, state_key
-from .store import resolve_bundle_path
+from .store import device_bundle_path, device_run_settings, resolve_bundle_path
 from .template import CHAT_FORMATS, ChatFormat, Segment
 
 __all__ = ["Classifier", "Prediction", "Timings", "mismatch_message"]
@@ -132,18 +132,19 @@ class Classifier:
         self._cf: npt.NDArray[np.float64] | None = None
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
-        self._prepare(opts.prefix_cache, opts.state_dir)
+        self._prepare(opts.prefix_cache, opts.state_dir, opts.states_kept)
 
     # -- construction --------------------------------------------------------------------
 
     @classmethod
     def open(
         cls,
-        bundle: str | Path | Bundle,
+        bundle: str | Path | Bundle | None = None,
         options: ClassifierOptions | None = None,
         *,
         model: str | Model | None = None,
         system_prompt: str | None = None,
+        device_dir: str | Path | None = None,
         **overrides: Any,
     ) -> Classifier:
         """Load a bundle (path or shipped name) and its student model, and prime the prefix.
@@ -153,8 +154,26 @@ class Classifier:
         loaded ``Model`` to share (the classifier then leaves it open on ``close``). A model
         file whose sha256 differs from the bundle's raises unless ``allow_model_mismatch``.
         ``system_prompt`` replaces the bundle's (benchmarks use "" for the floor).
+
+        With ``device_dir`` (a directory `pld device pull` manages), ``bundle`` is a task name
+        (None: the only task) and the classifier runs whatever is active there, on the model
+        and mismatch policy the pull recorded, with prefix states in ``DEVICE_DIR/states``.
         """
         opts = dataclasses.replace(options or ClassifierOptions(), **overrides)
+        if device_dir is not None:
+            if bundle is not None and not isinstance(bundle, str):
+                raise BundleError("with device_dir, pass a task name (or None), not a bundle")
+            bundle = device_bundle_path(device_dir, bundle)
+            recorded, allowed = device_run_settings(bundle)
+            model = recorded if model is None else model
+            opts = dataclasses.replace(
+                opts,
+                state_dir=opts.state_dir or Path(device_dir) / "states",
+                states_kept=max(opts.states_kept, DEVICE_STATES_KEPT),
+                allow_model_mismatch=opts.allow_model_mismatch or allowed,
+            )
+        elif bundle is None:
+            raise BundleError("pass a bundle (a path or a shipped name), or a device_dir")
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(resolve_bundle_path(bundle))
         if isinstance(model, Model):
@@ -192,8 +211,9 @@ class Classifier:
             n_gpu_layers=cfg.n_gpu_layers,
         )
 
-    def _prepare(self, use_cache: bool, state_dir: Path | None) -> None:
-        store = PrefixStateStore(Path(state_dir) if state_dir else prefix_states_dir())
+    def _prepare(self, use_cache: bool, state_dir: Path | None, keep: int) -> None:
+        where = Path(state_dir) if state_dir else prefix_states_dir()
+        store = PrefixStateStore(where, keep=keep)
         key = self._state_key()
         cf_key = state_key(inputs=self.bundle.runtime.content_free_inputs, labels=self.label_tokens)
         if use_cache:

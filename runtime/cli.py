@@ -35,7 +35,18 @@ ModelOpt = Annotated[
 
 def classify(
     text: Annotated[str | None, typer.Argument(help="Text to classify (or use --input).")] = None,
-    bundle: BundleOpt = "stereoset",
+    bundle: Annotated[
+        str | None,
+        typer.Option("--bundle", "-b", help="Bundle file or shipped name (default: stereoset)."),
+    ] = None,
+    device_dir: Annotated[
+        Path | None,
+        typer.Option(help="Classify with the bundle active in this device directory."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="With --device-dir: the task (default: the only one)."),
+    ] = None,
     input: Annotated[
         Path | None, typer.Option("--input", "-i", help="JSON Lines file with 'text' (and 'id').")
     ] = None,
@@ -63,6 +74,10 @@ def classify(
     """Classify TEXT, or every line of --input, printing one JSON prediction per line."""
     if (text is None) == (input is None):
         raise InputError("give either TEXT or --input FILE (not both, not neither)")
+    if device_dir is not None and bundle is not None:
+        raise InputError("give --bundle or --device-dir, not both")
+    if task is not None and device_dir is None:
+        raise InputError("--task needs --device-dir (for a bundle file, use --bundle)")
     options = ClassifierOptions(
         calibrate=calibrate,
         truncate=truncate,
@@ -72,7 +87,10 @@ def classify(
         max_batch=batch_size,
         allow_model_mismatch=allow_model_mismatch,
     )
-    clf = Classifier.open(bundle, options, model=model)
+    if device_dir is not None:
+        clf = Classifier.open(task, options, model=model, device_dir=device_dir)
+    else:
+        clf = Classifier.open(bundle or "stereoset", options, model=model)
     out = sys.stdout.buffer
     try:
         if text is not None:

@@ -10,7 +10,11 @@ from pathlib import Path
 
 from .engine import EngineConfig
 
-__all__ = ["ClassifierOptions"]
+__all__ = ["DEVICE_STATES_KEPT", "ClassifierOptions"]
+
+# A device directory holds the primed state of every active and last-known-good bundle: none
+# may be pruned while it is in use, or the first request after a restart primes again.
+DEVICE_STATES_KEPT = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,7 +23,8 @@ class ClassifierOptions:
 
     ``max_batch`` 1 runs requests one at a time on a windowed sliding-window cache (the fastest
     layout on a CPU); larger values decode that many requests together (GPUs). ``calibrate``
-    None follows the bundle. ``state_dir`` None keeps prefix-state files in pld's cache.
+    None follows the bundle. ``state_dir`` None keeps prefix-state files in pld's cache; a
+    device directory keeps one per task (``DEVICE_STATES_KEPT``).
     """
 
     n_ctx: int = 0  # 0: fit the system prompt plus max_input_tokens
@@ -32,6 +37,7 @@ class ClassifierOptions:
     calibrate: bool | None = None
     prefix_cache: bool = True
     state_dir: Path | None = None
+    states_kept: int = 8  # prefix-state files a state_dir keeps (least recently used go)
     truncate: bool = False
     allow_model_mismatch: bool = False
 

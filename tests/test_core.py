@@ -94,7 +94,10 @@ def test_version_has_one_source() -> None:
 # those imports fail, as they would where the packages are not installed.
 BLOCKER = """
 import importlib.abc, sys
-BLOCKED = {"sklearn", "httpx", "huggingface_hub", "scipy"}
+BLOCKED = {
+    *("sklearn", "httpx", "huggingface_hub", "scipy", "wordllama", "safetensors", "tokenizers"),
+    *("onnxruntime", "onnx", "cryptography", "fsspec", "aiohttp"),
+}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
@@ -132,3 +135,14 @@ def test_a_device_install_classifies_and_runs_the_cli() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "label " in run.stdout and "stereoset" in run.stdout
+
+
+def test_prefix_state_store_keeps_the_most_recent(tmp_path: Path) -> None:
+    from pld.runtime.prefix_cache import PrefixStateStore
+
+    store = PrefixStateStore(tmp_path, keep=3)
+    for i in range(5):
+        store.save(f"k{i}", {}, b"x" * i)
+        os.utime(store.path(f"k{i}"), (1000 + i, 1000 + i))
+    assert sorted(p.name for p in tmp_path.glob("*.state")) == ["k2.state", "k3.state", "k4.state"]
+    assert store.load("k4") == ({"key": "k4", "size": 4}, b"xxxx")

@@ -1,0 +1,137 @@
+"""`pld keys ...` and `pld bundle sign|verify|publish`: a thin layer over ``pld.fleet``.
+
+Imports nothing of the fleet extra at module level, so `pld` runs on a device without it: each
+command imports what it needs. Errors propagate to ``pld.cli``, which prints them (exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+
+from pld.errors import DependencyError
+
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for bundle updates.")
+
+KeyOpt = Annotated[
+    list[Path],
+    typer.Option("--key", help="Private signing key (signing.key); repeat for several signatures."),
+]
+
+
+def require_fleet_extra() -> None:
+    """Refuse with the install command when the fleet extra is missing (a bare device)."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("cryptography", "fsspec") if find_spec(name) is None]
+    if missing:
+        raise DependencyError(
+            f"{' and '.join(missing)} not installed; bundle updates need the fleet extra: "
+            "pip install 'pld[fleet]'"
+        )
+
+
+@keys_app.command("generate")
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for signing.key and signing.pub.")],
+) -> None:
+    """Write a new ed25519 key pair: OUT/signing.key (private, mode 0600) and OUT/signing.pub."""
+    require_fleet_extra()
+    from .keys import generate_keys
+
+    key_path, pub_path, keyid = generate_keys(out)
+    typer.echo(f"private key: {key_path} (keep it off devices)")
+    typer.echo(f"public key:  {pub_path} (give it to devices: --trusted-key)")
+    typer.echo(f"key id:      {keyid}")
+
+
+@keys_app.command("rotate")
+def rotate(
+    to: Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")],
+    key: Annotated[list[Path], typer.Option("--key", help="A key devices trust now (repeatable).")],
+    new_key: Annotated[
+        list[Path], typer.Option("--new-key", help="A key devices trust from now on (repeatable).")
+    ],
+    threshold: Annotated[
+        int, typer.Option(help="Signatures of the new keys a device requires.")
+    ] = 1,
+) -> None:
+    """Write keys.json in --to DEST: the new keys, signed by the current and the new keys."""
+    require_fleet_extra()
+    from .keys import SigningKey
+    from .publisher import rotate_keys
+
+    keyset = rotate_keys(
+        to,
+        current_keys=[SigningKey.load(p) for p in key],
+        new_keys=[SigningKey.load(p) for p in new_key],
+        threshold=threshold,
+    )
+    typer.echo(
+        f"key set version {keyset.version}: {', '.join(keyset.keys)} "
+        f"(threshold {keyset.threshold}); publish with the new key(s) from now on"
+    )
+    typer.echo(msgspec.json.encode(keyset).decode())
+
+
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file to sign.")],
+    key: Annotated[Path, typer.Option("--key", help="Private signing key (signing.key).")],
+) -> None:
+    """Write BUNDLE.sig, a detached signature of the bundle's content, for side-loading it."""
+    require_fleet_extra()
+    from .detached import sign_bundle
+    from .keys import SigningKey
+
+    signing_key = SigningKey.load(key)
+    out = sign_bundle(bundle, signing_key)
+    typer.echo(f"signed {bundle} with key {signing_key.keyid}: {out}")
+
+
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file (its BUNDLE.sig lies beside it).")],
+    pubkey: Annotated[
+        list[Path], typer.Option("--pubkey", help="Trusted public key (signing.pub); repeatable.")
+    ],
+) -> None:
+    """Check BUNDLE.sig against trusted public keys; exit non-zero unless it verifies."""
+    require_fleet_extra()
+    from .detached import verify_bundle
+    from .keys import PublicKey
+
+    keyid = verify_bundle(bundle, [PublicKey.load(p) for p in pubkey])
+    typer.echo(f"ok: {bundle} is signed by trusted key {keyid}")
+
+
+def publish(
+    bundles: Annotated[list[str], typer.Argument(help="Bundle files or shipped bundle names.")],
+    to: Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")],
+    channel: Annotated[str, typer.Option("--channel", help="Channel, e.g. stable or canary.")],
+    key: KeyOpt,
+    expires_in: Annotated[
+        float, typer.Option("--expires-in", help="Days until devices refuse this index.")
+    ] = 30,
+) -> None:
+    """Copy bundles to DEST and sign the channel's next index (its version one higher)."""
+    require_fleet_extra()
+    from .keys import SigningKey
+    from .publisher import publish as publish_bundles
+
+    result = publish_bundles(
+        bundles,
+        to,
+        channel=channel,
+        keys=[SigningKey.load(p) for p in key],
+        expires_in_days=expires_in,
+    )
+    for t in result.tasks:
+        state = "new file" if t.new else "file unchanged"
+        typer.echo(f"{t.task}: {t.name} {t.version} ({state}) {t.file}")
+    typer.echo(
+        f"channel {result.channel!r} index version {result.version}, expires {result.expires}: "
+        f"{result.index}"
+    )
+    typer.echo(msgspec.json.encode(result).decode())

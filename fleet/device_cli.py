@@ -1,0 +1,172 @@
+"""`pld device pull|status|rollback`: a thin layer over ``pld.fleet``'s device directory.
+
+Imports nothing of the fleet extra at module level, so `pld` runs on a device without it.
+Each command prints lines for people, then one JSON line last; refusals raise ``pld.errors``
+classes, which ``pld.cli`` turns into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+device_app = typer.Typer(no_args_is_help=True, help="Signed bundle updates on this device.")
+
+DeviceDirOpt = Annotated[Path, typer.Option("--device-dir", "-d", help="The device directory.")]
+
+
+def _need_fleet() -> None:
+    try:
+        import cryptography  # noqa: F401
+        import fsspec  # noqa: F401
+    except ImportError as exc:
+        from pld.errors import DependencyError
+
+        raise DependencyError(
+            f"pld device pull needs the fleet extra ({exc.name} is missing); "
+            "pip install 'pld[fleet]'"
+        ) from None
+
+
+def _echo_json(obj: object) -> None:
+    import msgspec
+
+    typer.echo(msgspec.json.encode(obj).decode())
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@device_app.command("pull")
+def pull_cmd(
+    source: Annotated[
+        str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
+    ],
+    device_dir: DeviceDirOpt,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="The publisher's signing.pub (repeatable); needed on the first pull only.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        int, typer.Option(help="Valid signatures from distinct trusted keys required.")
+    ] = 1,
+    channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
+    allow_model_mismatch: Annotated[
+        bool,
+        typer.Option(help="Accept bundles validated with another model file (recorded in status)."),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Run the bundles on this model (default: theirs)."),
+    ] = None,
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Lower this pull's CPU priority by N (19: serving keeps the cores while a "
+            "new bundle is primed; 0: prime as fast as possible).",
+        ),
+    ] = 19,
+) -> None:
+    """Fetch, verify, prime and atomically activate what a signed channel index names."""
+    _need_fleet()
+    if nice:
+        os.nice(nice)  # this process only: priming a long prompt must not starve the server
+    from .keys import PublicKey
+    from .puller import pull
+
+    keys = [PublicKey.load(p) for p in trusted_key or []]
+    result = pull(
+        source,
+        device_dir,
+        channel=channel,
+        trusted_keys=keys,
+        threshold=threshold,
+        allow_model_mismatch=allow_model_mismatch,
+        model=model,
+        log=_log,
+    )
+    for c in result.changed:
+        note = "  (model mismatch allowed)" if c.allow_model_mismatch else ""
+        typer.echo(f"{c.task}: {c.old_version or '(none)'} -> {c.new_version}{note}")
+    for task in result.removed:
+        typer.echo(f"{task}: removed (no longer in channel {result.channel!r})")
+    for task in result.held:
+        typer.echo(f"{task}: held (rolled back on this device)")
+    if not (result.changed or result.removed):
+        typer.echo(
+            f"up to date: channel {result.channel!r} index version {result.index_version}"
+            f" ({len(result.unchanged)} task(s) unchanged)"
+        )
+    else:
+        t = result.timings
+        typer.echo(
+            f"activated generation {result.generation} in {t.total_ms:.0f} ms (fetch "
+            f"{t.fetch_ms:.0f}, verify {t.verify_ms:.0f}, prime {t.prime_ms:.0f}, activate "
+            f"{t.activate_ms:.0f})"
+        )
+    _echo_json(result)
+
+
+@device_app.command("status")
+def status_cmd(device_dir: DeviceDirOpt) -> None:
+    """Show each task's active bundle, the index version it came from, and its last-known-good."""
+    from .device_status import status
+
+    st = status(device_dir)
+    if not st.tasks:
+        typer.echo(f"{st.device_dir}: no active bundle; run pld device pull")
+    else:
+        typer.echo(f"{st.device_dir}: generation {st.generation}, activated {st.activated_at}")
+        rows = [("task", "bundle", "version", "sha256", "channel", "index", "last-known-good")]
+        for t in st.tasks:
+            lkg = t.last_known_good
+            rows.append(
+                (
+                    t.task,
+                    t.name,
+                    t.version
+                    + (" (model mismatch allowed)" if t.allow_model_mismatch else "")
+                    + (" (rolled back)" if t.held_from else ""),
+                    t.sha256[:12],
+                    t.channel,
+                    f"v{t.index_version}",
+                    f"{lkg.version} ({lkg.sha256[:12]})" if lkg else "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if st.key_version is not None:
+        channels = ", ".join(f"{c} v{v}" for c, v in st.channels.items()) or "none"
+        typer.echo(
+            f"trusted keys (key set v{st.key_version}, threshold {st.threshold}): "
+            f"{', '.join(st.keyids)}; channels: {channels}"
+        )
+    _echo_json(st)
+
+
+@device_app.command("rollback")
+def rollback_cmd(
+    device_dir: DeviceDirOpt,
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="The task (default: every task).")
+    ] = None,
+) -> None:
+    """Put the last-known-good bundle back, atomically (this device only; see the README)."""
+    from .device_status import rollback
+
+    result = rollback(device_dir, task, log=_log)
+    for r in result.rolled_back:
+        typer.echo(f"{r.task}: {r.from_version} -> {r.to_version} (rolled back)")
+    for t in result.skipped:
+        typer.echo(f"{t}: no last-known-good; left as it is")
+    _echo_json(result)
