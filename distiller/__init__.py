@@ -6,10 +6,14 @@ budget), ``loop`` (the conflict loop with the student from ``student``), wired t
 ``pipeline.distill`` (``pld distill``). Teachers share the base class ``teacher.Teacher``:
 ``openai_teacher.OpenAITeacher`` (any OpenAI-compatible server) and ``local.LocalTeacher`` (a
 GGUF through llama-cpp-python), both behind the content-addressed ``cache.ResponseCache`` that
-makes runs resumable and replayable. Prompts are files in ``prompts/`` (see ``templates``).
+makes runs resumable and replayable; the embedding-only ``embedders.WordLlamaEmbedder`` (the
+default, shipped in its wheel) and ``embedders.OnnxEmbedder`` share that base. ``ruleset``
+clusters a file of rules as a run would (``pld distill cluster``). Prompts are files in
+``prompts/`` (see ``templates``).
 
 Importing this package loads nothing: each name below is imported on first use, so that
-httpx, scikit-learn and llama-cpp-python stay unloaded until a distillation needs them.
+httpx, scikit-learn, llama-cpp-python, tokenizers and onnxruntime stay unloaded until a
+distillation needs them.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pld.distiller.backends import open_teacher
     from pld.distiller.cache import ResponseCache
+    from pld.distiller.embedders import OnnxEmbedder, WordLlamaEmbedder
     from pld.distiller.local import LocalTeacher
     from pld.distiller.openai_teacher import OpenAITeacher
     from pld.distiller.pipeline import DistillResult, Settings, distill
+    from pld.distiller.ruleset import RuleClusters, cluster_rules, read_rules
     from pld.distiller.teacher import ChatRequest, ChatResult, Teacher
 
 __all__ = [
@@ -30,12 +36,17 @@ __all__ = [
     "ChatResult",
     "DistillResult",
     "LocalTeacher",
+    "OnnxEmbedder",
     "OpenAITeacher",
     "ResponseCache",
+    "RuleClusters",
     "Settings",
     "Teacher",
+    "WordLlamaEmbedder",
+    "cluster_rules",
     "distill",
     "open_teacher",
+    "read_rules",
 ]
 
 _HOMES = {
@@ -43,12 +54,17 @@ _HOMES = {
     "ChatResult": "teacher",
     "DistillResult": "pipeline",
     "LocalTeacher": "local",
+    "OnnxEmbedder": "embedders",
     "OpenAITeacher": "openai_teacher",
     "ResponseCache": "cache",
+    "RuleClusters": "ruleset",
     "Settings": "pipeline",
     "Teacher": "teacher",
+    "WordLlamaEmbedder": "embedders",
+    "cluster_rules": "ruleset",
     "distill": "pipeline",
     "open_teacher": "backends",
+    "read_rules": "ruleset",
 }
 
 

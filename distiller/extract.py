@@ -1,24 +1,28 @@
 """Stage 1, extraction: each labelled training example becomes ``{rationale, rule}``.
 
 The teacher sees the input and its gold label; the rule generalises the rationale with the
-example's specifics removed. Knows nothing about clustering or the student.
+example's specifics removed. ``cached_rules`` reads the rules back from a run's response cache.
+Knows nothing about clustering or the student.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 
 from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.data import Example
-from pld.distiller.teacher import Teacher
-from pld.distiller.templates import prompt
+from pld.distiller.teacher import Teacher, chat_text, parse_json
+from pld.distiller.templates import prompt, prompt_prefix
+from pld.errors import MalformedReplyError
 from pld.runtime.bundle import Task
 from pld.text import clip
 
-__all__ = ["Extraction", "ExtractedRule", "extract_rules", "task_values"]
+__all__ = ["Extraction", "ExtractedRule", "cached_rules", "extract_rules", "task_values"]
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -91,3 +95,27 @@ def extract_rules(
         for ex, r in zip(examples, replies, strict=True)
         if r is not None
     ]
+
+
+def cached_rules(directory: str | Path) -> list[str]:
+    """The rules of the extraction replies in a run's response cache (``--cache-dir``).
+
+    One rule per extraction conversation: the usable reply of its longest stored exchange (a
+    repaired reply wins over the malformed one before it), ordered by the extraction prompt.
+    Entries of other stages, other prompt versions and unusable replies are skipped.
+    """
+    prefix = prompt_prefix("extract")
+    best: dict[str, tuple[int, str]] = {}  # first prompt -> (messages, rule)
+    for path in sorted(Path(directory).glob("[0-9a-f][0-9a-f]/*.json")):
+        try:
+            entry = json.loads(path.read_bytes())
+            messages: list[Any] = entry["request"]["messages"]
+            first = messages[0]["content"]
+            if not (isinstance(first, str) and first.startswith(prefix)):
+                continue
+            reply = parse_json(chat_text(entry["response"]), Extraction)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, MalformedReplyError):
+            continue
+        if _check(reply) is None and len(messages) > best.get(first, (0, ""))[0]:
+            best[first] = (len(messages), reply.rule.strip())
+    return [best[k][1] for k in sorted(best)]

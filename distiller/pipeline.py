@@ -20,9 +20,15 @@ import msgspec
 import pld
 from pld import models
 from pld.distiller.ask import AskStats
-from pld.distiller.backends import TeacherPool
+from pld.distiller.backends import DEFAULT_EMBEDDER, TeacherPool
 from pld.distiller.cache import ResponseCache
-from pld.distiller.cluster import Clustering, cluster_vectors, median_distance
+from pld.distiller.cluster import (
+    Clustering,
+    DbscanSettings,
+    choose_settings,
+    cluster_vectors,
+    median_distance,
+)
 from pld.distiller.consolidate import consolidate, fit_budget
 from pld.distiller.data import Example, Splits, file_digest, load_splits
 from pld.distiller.extract import ExtractedRule, extract_rules
@@ -47,15 +53,24 @@ __all__ = ["DistillResult", "Settings", "distill"]
 
 Say = Callable[[str], None]
 
+# Below this median pairwise cosine distance an embedder is not telling meanings apart: the
+# rules of one task sit at 0.06 to 0.16 as mean-pooled Gemma-3 270M states (0.21 for the eight
+# themes of tests/fixtures/rules), at about 0.8 as WordLlama vectors.
+_NEARLY_PARALLEL = 0.2
+
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    """Every knob of a run; all of them are recorded in the bundle's provenance."""
+    """Every knob of a run; all of them are recorded in the bundle's provenance.
+
+    ``eps`` and ``min_samples`` left at None are chosen from the rules' embeddings
+    (``cluster.choose_settings``); the provenance's ``clusters`` records the values used.
+    """
 
     limit: int | None = None
     dev_limit: int | None = 300
     seed: int = 0
-    eps: float = 0.4
-    min_samples: int = 6
+    eps: float | None = None
+    min_samples: int | None = None
     max_rules_per_cluster: int = 40
     max_rounds: int = 2
     loop_limit: int = 100
@@ -90,6 +105,8 @@ class DistillResult(msgspec.Struct, kw_only=True, frozen=True):
     failed: int
     clusters: list[int]
     noise: int
+    eps: float
+    min_samples: int
     pruned: int
     unchanged: bool
     stages: dict[str, AskStats]  # per stage: requests and tokens, cached replies included
@@ -119,7 +136,7 @@ def distill(
     cache_root = Path(cache_dir) if cache_dir else teacher_cache_dir()
     run = _Run(s, say, show_progress, ResponseCache(cache_root), concurrency)
     specs = {"teacher": teacher, "synthesis": synthesis or teacher,
-             "embedder": embedder or f"local:{student}"}  # fmt: skip
+             "embedder": embedder or DEFAULT_EMBEDDER}  # fmt: skip
     with contextlib.ExitStack() as stack:
         backends = stack.enter_context(TeacherPool(run.cache, **(teacher_options or {})))
         rules = _extract(run, backends.get(specs["teacher"]), data)
@@ -131,7 +148,7 @@ def distill(
         )
         outcome = _refine(run, runner, backends.get(specs["synthesis"]), data, instructions)
         provenance = _provenance(run, data, train, dev, rules, clustered, outcome,
-                                 {k: _describe(backends.get(v), v) for k, v in specs.items()})  # fmt: skip
+                                 {k: _describe(backends.get(v), v, k) for k, v in specs.items()})  # fmt: skip
         bundle = runner.bundle(data.task, outcome.final, provenance=provenance,
                                metrics=_metrics(outcome))  # fmt: skip
         prompt_tokens = runner.count_tokens(bundle.system_prompt)
@@ -159,9 +176,11 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Clustered:
-    """The rules' vectors, their clusters, and the vectors' median distance (their spread)."""
+    """The rules' vectors, the DBSCAN settings used, the clusters, and the vectors' median
+    distance (their spread)."""
 
     vectors: list[list[float]]
+    dbscan: DbscanSettings
     clustering: Clustering
     spread: float
 
@@ -203,27 +222,33 @@ def _extract(run: _Run, teacher: Teacher, data: Splits) -> list[ExtractedRule]:
 
 
 def _cluster(run: _Run, embedder: Teacher, rules: list[ExtractedRule]) -> _Clustered:
-    s = run.s
+    s, say = run.s, run.say
     with progress("embedding rules", len(rules), show=run.show) as update:
         vectors = embedder.embed([r.rule for r in rules], progress=update)
-    clustering = cluster_vectors(vectors, eps=s.eps, min_samples=s.min_samples)
-    run.say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
-            f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {s.eps}, "
-            f"min_samples {s.min_samples}, embedder {embedder.model})")  # fmt: skip
+    dbscan = choose_settings(vectors, eps=s.eps, min_samples=s.min_samples)
+    eps, min_samples = dbscan.eps, dbscan.min_samples
+    say(f"DBSCAN settings: {dbscan.describe()}")
+    clustering = cluster_vectors(vectors, eps=eps, min_samples=min_samples)
+    say(f"clustering: {len(clustering.clusters)} clusters of sizes {clustering.sizes}, "
+        f"{len(clustering.noise)} noise rules dropped (DBSCAN cosine eps {eps:g}, "
+        f"min_samples {min_samples}, embedder {embedder.model})")  # fmt: skip
     spread = median_distance(vectors)
-    run.say(f"embeddings: median pairwise cosine distance {spread:.3f}")
-    if spread < s.eps / 4 and len(clustering.clusters) == 1:
-        run.say(f"warning: the embeddings of {embedder.model} are nearly parallel "
-                f"(median distance {spread:.3f} against eps {s.eps}), so every rule fell into "
-                "one cluster; use a sentence-embedding model (--embedder openai:MODEL@URL) or a "
-                "smaller --eps")  # fmt: skip
+    say(f"embeddings: median pairwise cosine distance {spread:.3f}")
+    if spread < eps / 4 and len(clustering.clusters) == 1:
+        say(f"warning: the embeddings of {embedder.model} are nearly parallel (median distance "
+            f"{spread:.3f} against eps {eps:g}), so every rule fell into one cluster; use a "
+            f"sentence embedder (--embedder {DEFAULT_EMBEDDER}, the default) or a smaller --eps")  # fmt: skip
+    elif spread < _NEARLY_PARALLEL and len(rules) > 1:
+        say(f"warning: the embeddings of {embedder.model} are nearly parallel (median distance "
+            f"{spread:.3f}), so clusters follow wording more than meaning; a sentence embedder "
+            f"(--embedder {DEFAULT_EMBEDDER}, the default) separates rules by meaning")  # fmt: skip
     if not clustering.clusters:
         raise DistillError(
-            f"DBSCAN found no cluster among {len(rules)} rules (eps {s.eps}, min_samples "
-            f"{s.min_samples}); use more training records (--limit), a lower --min-samples "
-            "or a larger --eps"
+            f"DBSCAN found no cluster among {len(rules)} rules (eps {eps:g}, min_samples "
+            f"{min_samples}); use more training records (--limit), a lower --min-samples "
+            "or a larger --eps (pld distill cluster shows the rules' distances)"
         )
-    return _Clustered(vectors, clustering, spread)
+    return _Clustered(vectors, dbscan, clustering, spread)
 
 
 def _consolidate(
@@ -326,6 +351,7 @@ def _provenance(
             "sizes": clustering.sizes,
             "noise": len(clustering.noise),
             "median_distance": round(clustered.spread, 4),
+            **msgspec.to_builtins(clustered.dbscan),  # eps, min_samples, where each came from
         },
         "pruned": [x.text for x in outcome.pruned],
         "rounds": [msgspec.to_builtins(r) for r in outcome.rounds],
@@ -366,13 +392,18 @@ def _result(
         dev_n=outcome.score.n, rounds=len(rounds), rounds_accepted=sum(r.accepted for r in rounds),
         extracted=len(rules), repaired=sum(x.repaired for x in stages.values()),
         failed=sum(x.failed for x in stages.values()), stages=stages,
-        clusters=clustering.sizes, noise=len(clustering.noise), pruned=len(outcome.pruned),
+        clusters=clustering.sizes, noise=len(clustering.noise), eps=clustering.eps,
+        min_samples=clustering.min_samples, pruned=len(outcome.pruned),
         unchanged=unchanged,
     )  # fmt: skip
 
 
-def _describe(teacher: Teacher, spec: str) -> dict[str, str]:
-    return {"backend": spec.split(":", 1)[0], "model": teacher.model}
+def _describe(teacher: Teacher, spec: str, role: str) -> dict[str, str]:
+    """A backend in the provenance; the embedder's entry adds its spec and package version."""
+    described = {"backend": spec.strip().split(":", 1)[0], "model": teacher.model}
+    if role == "embedder":
+        described |= {"spec": spec.strip(), **teacher.describe()}
+    return described
 
 
 def _spent(cache: ResponseCache) -> str:

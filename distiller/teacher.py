@@ -1,9 +1,9 @@
 """What every teacher backend shares: the request and reply types, reply parsing, and the base
 class ``Teacher`` that runs parallel chats and batched, cached embeddings over a backend's hooks.
 
-The backends are ``openai_teacher.OpenAITeacher`` (any OpenAI-compatible server) and
-``local.LocalTeacher`` (a GGUF in this process). Knows nothing about HTTP, llama.cpp, prompts
-or stages.
+The backends are ``openai_teacher.OpenAITeacher`` (any OpenAI-compatible server),
+``local.LocalTeacher`` (a GGUF in this process) and the embedding-only ones in ``embedders``.
+Knows nothing about HTTP, llama.cpp, prompts or stages.
 """
 
 from __future__ import annotations
@@ -167,6 +167,10 @@ class Teacher(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (a backend with nothing to free keeps this)
         """Free what the backend holds (HTTP connections, loaded models)."""
+
+    def describe(self) -> dict[str, str]:
+        """What a bundle's provenance records about this backend (embedders add versions)."""
+        return {"model": self.model}
 
     def __enter__(self) -> Self:
         return self

@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 from string import Template
 
-__all__ = ["PROMPTS", "prompt", "prompt_hashes"]
+__all__ = ["PROMPTS", "prompt", "prompt_hashes", "prompt_prefix"]
 
 PROMPTS = ("extract", "consolidate", "revise")
 
@@ -34,3 +34,10 @@ def prompt(name: str, **values: object) -> str:
 def prompt_hashes() -> dict[str, str]:
     """``sha256:`` of each prompt file, for a bundle's provenance."""
     return {n: "sha256:" + hashlib.sha256(_prompt_bytes(n)).hexdigest() for n in PROMPTS}
+
+
+def prompt_prefix(name: str) -> str:
+    """The fixed text every rendering of ``prompts/NAME.md`` starts with (up to its first
+    placeholder): how a cached request is recognised as one of that stage's."""
+    text = _prompt_bytes(name).decode("utf-8").lstrip()
+    return text[: text.find("$")] if "$" in text else text

@@ -238,17 +238,25 @@ def test_cli_offers_its_choices_and_refuses_others(tmp_path: Path) -> None:
         assert result.exit_code == 2 and f"'{bad}' is not one of" in result.output
 
 
-def test_importing_the_distiller_loads_no_heavy_dependency() -> None:
+def test_importing_the_distiller_loads_no_heavy_dependency(tmp_path: Path) -> None:
     # A device install lacks them, and `pld classify` imports the distiller's CLI module.
+    # Nor do the embedders' modules, or opening the default embedder (it loads on first use).
     code = (
         "import sys, pld.distiller, pld.distiller.cli\n"
-        "heavy = [m for m in ('httpx', 'sklearn', 'llama_cpp') if m in sys.modules]\n"
+        "import pld.distiller.embedders, pld.distiller.ruleset\n"
+        "from pld.distiller.backends import open_teacher\n"
+        "from pld.distiller.cache import ResponseCache\n"
+        "open_teacher('wordllama', cache=ResponseCache(sys.argv[1]))\n"
+        "heavy = [m for m in ('httpx', 'sklearn', 'llama_cpp', 'wordllama', 'onnxruntime',\n"
+        "                     'tokenizers', 'safetensors') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert sorted(pld.distiller.__all__) == pld.distiller.__all__\n"
         "from pld.distiller import Teacher, OpenAITeacher, LocalTeacher\n"
         "assert issubclass(OpenAITeacher, Teacher) and issubclass(LocalTeacher, Teacher)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
