@@ -8,6 +8,7 @@ server of tests/servers.py.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,7 +276,9 @@ def test_pipeline_errors_name_the_fix(tmp_path: Path) -> None:
         cluster_vectors([[1.0, 0.0]], eps=3.0)
 
 
-def test_a_run_without_clusters_stops_before_the_student(tmp_path: Path) -> None:
+def test_a_run_without_clusters_stops_before_the_student_and_says_what_it_used(
+    tmp_path: Path,
+) -> None:
     server = ScriptedServer()
     server.responder = teacher_reply
     server.thread.start()
@@ -284,12 +287,17 @@ def test_a_run_without_clusters_stops_before_the_student(tmp_path: Path) -> None
             for i, label in enumerate(["stereotype", "anti-stereotype", "unrelated"] * 2)]  # fmt: skip
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = f"openai:scripted@{server.url}"
+    log: list[str] = []
     try:
         with pytest.raises(DistillError, match="DBSCAN found no cluster.*--min-samples"):
             distill(task="stereoset", train=train, dev=train, teacher=spec, embedder=spec,
                     out=tmp_path / "o.json", cache_dir=tmp_path / "c", show_progress=False,
-                    settings=Settings(min_samples=3), log=lambda line: None)  # fmt: skip
+                    settings=Settings(min_samples=3), log=log.append)  # fmt: skip
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
     assert not (tmp_path / "o.json").exists()
+    said = next(line for line in log if line.startswith("DBSCAN settings: "))
+    assert "min_samples 3 (given)" in said
+    assert re.search(r"eps 0\.7\d* \(3/4 of the median pairwise distance", said), said
+    assert msgspec.to_builtins(Settings())["eps"] is None  # recorded as chosen, not as 0.4

@@ -12,18 +12,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import pytest
 from conftest import data_file
-from servers import ScriptedServer, chat_body, teacher_reply
+from servers import chat_body
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
@@ -31,10 +29,9 @@ from pld.distiller.backends import open_teacher
 from pld.distiller.cache import ResponseCache
 from pld.distiller.cluster import auto_eps, choose_settings, cluster_vectors, scaled_min_samples
 from pld.distiller.embedders import OnnxEmbedder, WordLlamaEmbedder, wordllama_files
-from pld.distiller.pipeline import Settings, distill
 from pld.distiller.ruleset import cluster_rules, read_rules
 from pld.distiller.templates import prompt
-from pld.errors import DataError, DistillError, TeacherError
+from pld.errors import DataError, TeacherError
 
 RULES = Path(__file__).resolve().parent / "fixtures" / "rules" / "paraphrases.tsv"
 
@@ -365,30 +362,6 @@ def test_rules_read_back_from_a_runs_cache(tmp_path: Path) -> None:
 
 
 # ---- the pipeline says what it used ------------------------------------------------------------
-
-
-def test_a_run_prints_and_records_the_dbscan_settings(tmp_path: Path) -> None:
-    server = ScriptedServer()
-    server.responder = teacher_reply
-    server.thread.start()
-    train = tmp_path / "train.jsonl"
-    rows = [{"text": f"sentence {i} {label}", "label": label}
-            for i, label in enumerate(["stereotype", "anti-stereotype", "unrelated"] * 2)]  # fmt: skip
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = f"openai:scripted@{server.url}"
-    log: list[str] = []
-    try:
-        with pytest.raises(DistillError, match="DBSCAN found no cluster"):
-            distill(task="stereoset", train=train, dev=train, teacher=spec, embedder=spec,
-                    out=tmp_path / "o.json", cache_dir=tmp_path / "c", show_progress=False,
-                    settings=Settings(min_samples=3), log=log.append)  # fmt: skip
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-    said = next(line for line in log if line.startswith("DBSCAN settings: "))
-    assert "min_samples 3 (given)" in said
-    assert re.search(r"eps 0\.7\d* \(3/4 of the median pairwise distance", said), said
-    assert msgspec.to_builtins(Settings())["eps"] is None  # recorded as chosen, not as 0.4
 
 
 def test_provenance_describes_the_embedder(tmp_path: Path) -> None:
