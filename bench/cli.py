@@ -1,14 +1,16 @@
-"""`pld eval` and `pld bench ...`: thin wrappers that print a table, then one JSON line."""
+"""`pld eval`, `pld bundle audit` and `pld bench ...`: thin wrappers that print a table, then one
+JSON line."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import typer
 
-from pld.runtime import ClassifierOptions
+from pld.errors import ConfigError
+from pld.runtime import ClassifierOptions, load_bundle, resolve_bundle_path, save_bundle
 
 from .baseline import EXAMPLE_CHARS
 
@@ -71,6 +73,79 @@ def evaluate(
     typer.echo(format_report(res))
     summary = {k: v for k, v in msgspec.to_builtins(res).items() if k != "report"}
     summary["per_label"] = msgspec.to_builtins(res.report.per_label)
+    typer.echo(msgspec.json.encode(summary).decode())
+
+
+@bench_app.command("latency")
+def audit(
+    bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    by: Annotated[
+        Literal["rule", "group"],
+        typer.Option(
+            help="Leave out each rule, or each group: rules of one distiller cluster together, or "
+            "blocks of --group-size consecutive rules when the bundle has no clusters."
+        ),
+    ] = "rule",
+    group_size: Annotated[int, typer.Option(help="Rules per block with --by group.")] = 8,
+    write: Annotated[
+        bool,
+        typer.Option(help="Store each rule's effect in the bundle file (metrics.rule_effects)."),
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Requests decoded together (at least 2: the full-size window cache)."),
+    ] = 2,
+    n_batch: Annotated[
+        int,
+        typer.Option(
+            help="Tokens per decode call; a switch between prompts restarts at a multiple of it."
+        ),
+    ] = 512,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Each rule's effect on Macro-F1 and accuracy, measured by leaving it out, sorted by effect."""
+    from .ablation import audit as run
+    from .ablation import format_audit, with_rule_effects
+
+    if write and by != "rule":
+        raise ConfigError("--write stores each rule's own effect; audit with --by rule")
+    path = resolve_bundle_path(bundle)
+    if write and not Path(bundle).exists():
+        raise ConfigError(
+            f"--write changes a bundle file, and {bundle!r} is a shipped bundle; copy it first "
+            f"(cp $(pld bundle path {bundle}) {bundle}.pld.json) and audit the copy"
+        )
+    b = load_bundle(path)
+    options = ClassifierOptions(
+        max_batch=batch_size, n_batch=n_batch, n_threads=threads, n_gpu_layers=gpu_layers
+    )
+    res = run(
+        b,
+        data,
+        limit=limit,
+        by=by,
+        group_size=group_size,
+        options=options,
+        model=model,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    typer.echo(format_audit(res))
+    if write:
+        save_bundle(with_rule_effects(b, res), path)
+        typer.echo(f"wrote {len(res.rules)} rule effects into {path}")
+    summary = msgspec.to_builtins(res)
+    del summary["baseline_predictions"]
+    for effect in summary["rules"]:  # the table has the text; the JSON names rules by id
+        del effect["text"], effect["predictions"]
     typer.echo(msgspec.json.encode(summary).decode())
 
 

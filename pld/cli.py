@@ -37,6 +37,7 @@ app.add_typer(bench_cli.bench_app, name="bench")
 runtime_cli.bundle_app.command("sign")(fleet_cli.sign)
 runtime_cli.bundle_app.command("verify")(fleet_cli.verify)
 runtime_cli.bundle_app.command("publish")(fleet_cli.publish)
+runtime_cli.bundle_app.command("audit")(bench_cli.audit)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The audit view of a bundle: its task, labels, numbered rules, metrics and provenance as
-plain text for a human reviewer (``pld bundle show``). Knows the bundle format only.
+"""The audit view of a bundle: its task, labels, numbered rules (with each rule's measured effect
+when the bundle carries one), metrics and provenance as plain text for a human reviewer (``pld
+bundle show``). Knows the bundle format only.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ def render_audit(b: Bundle) -> str:
     lines += ["", f"Rules ({len(b.instructions)}):"]
     if not b.instructions:
         lines.append("  (none: zero-shot, the student sees only the task and the labels)")
+    effects = {e.id: e for e in (b.metrics.rule_effects or [])} if b.metrics else {}
     for i, ins in enumerate(b.instructions, 1):
         src = f"[{ins.id}; support {ins.support}; cluster {ins.cluster}; round {ins.round}]"
         lines.append(f"  {i}. {ins.text}  {src}")
+        if (e := effects.get(ins.id)) is not None:
+            lines.append(
+                f"     effect: without it macro-F1 {e.delta_macro_f1:+.3f} "
+                f"[{e.ci_low:+.3f}, {e.ci_high:+.3f}], accuracy {e.delta_accuracy:+.3f} (n={e.n})"
+            )
     if b.metrics:
         m = b.metrics
         lines += [
@@ -41,6 +48,11 @@ def render_audit(b: Bundle) -> str:
                 else ""
             ),
         ]
+    if effects:
+        lines.append(
+            "Rule effects: each rule left out in turn (pld bundle audit), with a 95% paired "
+            "bootstrap interval; negative means the rule helps"
+        )
     if b.provenance:
         lines += ["", "Provenance:"] + [f"  {k}: {v}" for k, v in sorted(b.provenance.items())]
     return "\n".join(lines)

@@ -20,11 +20,13 @@ from pld.errors import BundleError
 from pld.files import atomic_write
 
 __all__ = [
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "Bundle",
     "Instruction",
     "Label",
     "Metrics",
+    "RuleEffect",
     "RuntimeSettings",
     "Student",
     "Task",
@@ -33,9 +35,15 @@ __all__ = [
     "load_bundle",
     "render_system_prompt",
     "save_bundle",
+    "schema_version_for",
 ]
 
-SCHEMA_VERSION = 1
+# The newest schema this pld reads and writes. A file carries the lowest version that can hold
+# its content (``schema_version_for``): 1 unless it has rule effects, so a device on an older pld
+# keeps reading every bundle that does not use them, and one that does fails with "upgrade pld"
+# rather than with an unknown field.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 _LABEL = re.compile(r"^\S(?:.*\S)?$")
@@ -86,8 +94,22 @@ class RuntimeSettings(_Strict, frozen=True):
     content_free_inputs: list[str] = msgspec.field(default_factory=lambda: ["N/A", "", "[MASK]"])
 
 
+class RuleEffect(_Strict, frozen=True):
+    """What removing one rule did (leave one out, ``pld bundle audit``): the change in Macro-F1
+    with a paired bootstrap interval, and in accuracy, on ``n`` records. Negative: the rule helps.
+    """
+
+    index: int  # 1-based rule number when audited
+    id: str
+    delta_macro_f1: float
+    ci_low: float
+    ci_high: float
+    delta_accuracy: float
+    n: int
+
+
 class Metrics(_Strict, frozen=True):
-    """Validation results of the student with this bundle and zero-shot."""
+    """Validation results of the student with this bundle and zero-shot, and each rule's effect."""
 
     n: int
     macro_f1: float
@@ -95,6 +117,7 @@ class Metrics(_Strict, frozen=True):
     zero_shot_macro_f1: float | None = None
     zero_shot_accuracy: float | None = None
     split: str = "dev"
+    rule_effects: list[RuleEffect] | None = None  # schema_version 2
 
 
 class Bundle(_Strict, frozen=True):
@@ -135,7 +158,7 @@ class Bundle(_Strict, frozen=True):
         """Build a bundle with its system prompt rendered and its digest computed."""
         instructions = list(instructions or [])
         draft = cls(
-            schema_version=SCHEMA_VERSION,
+            schema_version=SCHEMA_VERSION,  # lowered to what the content needs below
             name=name,
             version=version,
             created_at=created_at or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
@@ -147,8 +170,14 @@ class Bundle(_Strict, frozen=True):
             provenance=dict(provenance or {}),
             metrics=metrics,
         )
+        draft = msgspec.structs.replace(draft, schema_version=schema_version_for(draft))
         validate(draft)
         return msgspec.structs.replace(draft, digest=bundle_digest(draft))
+
+
+def schema_version_for(bundle: Bundle) -> int:
+    """The lowest schema version that can hold ``bundle``: 2 with rule effects, else 1."""
+    return 2 if bundle.metrics is not None and bundle.metrics.rule_effects is not None else 1
 
 
 def render_system_prompt(
@@ -179,9 +208,19 @@ def canonical_bytes(bundle: Bundle) -> bytes:
 
     What the digest and a detached signature are computed over, whatever the file's layout.
     """
-    raw = msgspec.to_builtins(bundle)
+    raw = _builtins(bundle)
     raw.pop("digest", None)
     return msgspec.json.encode(raw, order="sorted")
+
+
+def _builtins(bundle: Bundle) -> dict[str, Any]:
+    """The bundle as JSON data. A field newer than schema 1 is left out while unset, so a bundle
+    without it keeps the bytes and digest (and signature) it had, and a schema-1 pld reads it."""
+    raw: dict[str, Any] = msgspec.to_builtins(bundle)
+    metrics = raw.get("metrics")
+    if metrics is not None and metrics.get("rule_effects") is None:
+        del metrics["rule_effects"]
+    return raw
 
 
 def bundle_digest(bundle: Bundle) -> str:
@@ -191,8 +230,13 @@ def bundle_digest(bundle: Bundle) -> str:
 
 def validate(bundle: Bundle) -> None:
     """Check what the schema alone cannot: semver, unique labels, prompt consistency."""
-    if bundle.schema_version != SCHEMA_VERSION:
+    if bundle.schema_version not in READABLE_VERSIONS:
         raise BundleError(_version_message(bundle.schema_version))
+    if bundle.schema_version < (needed := schema_version_for(bundle)):
+        raise BundleError(
+            f"bundle field 'metrics.rule_effects' needs schema_version {needed}, but the bundle "
+            f"says {bundle.schema_version}; re-save it with pld (save_bundle sets the version)"
+        )
     if not _SEMVER.match(bundle.version):
         raise BundleError(f"bundle field 'version' is {bundle.version!r}; use semver like '1.2.0'")
     if not bundle.name.strip():
@@ -226,7 +270,8 @@ def _version_message(found: object) -> str:
             f"({SCHEMA_VERSION}); upgrade pld: pip install -U pld"
         )
     return (
-        f"bundle schema_version {found!r} is not supported (this pld reads {SCHEMA_VERSION}); "
+        f"bundle schema_version {found!r} is not supported (this pld reads "
+        f"{', '.join(map(str, READABLE_VERSIONS))}); "
         "re-create the bundle with 'pld distill' or upgrade it with a pld that reads both"
     )
 
@@ -252,7 +297,7 @@ def parse_bundle(data: bytes, *, source: str = "<bytes>", verify_digest: bool = 
         raise BundleError(f"bundle {source} is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise BundleError(f"bundle {source} must be a JSON object")
-    if header.get("schema_version") != SCHEMA_VERSION:
+    if header.get("schema_version") not in READABLE_VERSIONS:
         raise BundleError(f"bundle {source}: " + _version_message(header.get("schema_version")))
     try:
         bundle = msgspec.json.decode(data, type=Bundle)
@@ -271,7 +316,11 @@ def parse_bundle(data: bytes, *, source: str = "<bytes>", verify_digest: bool = 
 
 
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write a bundle (digest refreshed) atomically, pretty-printed for human review."""
+    """Write a bundle atomically, pretty-printed for human review, with its schema version
+    (``schema_version_for``) and digest refreshed."""
+    bundle = msgspec.structs.replace(bundle, schema_version=schema_version_for(bundle))
     validate(bundle)
     bundle = msgspec.structs.replace(bundle, digest=bundle_digest(bundle))
-    return atomic_write(path, msgspec.json.format(msgspec.json.encode(bundle), indent=2) + b"\n")
+    return atomic_write(
+        path, msgspec.json.format(msgspec.json.encode(_builtins(bundle)), indent=2) + b"\n"
+    )

@@ -248,6 +248,21 @@ class Classifier:
         probs = self._normalize(self.engine.score(sufs, self.label_tokens))
         return probs.mean(axis=0)  # type: ignore[no-any-return]
 
+    def reprime(self, system_prompt: str) -> int:
+        """Switch to another system prompt, decoding only from where its tokens part from the
+        current ones; returns the prompt tokens decoded.
+
+        The result equals a classifier opened with ``system_prompt`` (the calibration prior is
+        recomputed too). Needs the full-size sliding-window cache (``max_batch`` > 1): on the
+        windowed one the engine raises ``ConfigError``.
+        """
+        tokens = self._tokens(self.format.prefix(system_prompt), bos=True)
+        n = self.engine.reprime(tokens)
+        self.prefix_tokens = tokens
+        if self.calibrated:
+            self._cf = self._content_free()
+        return n
+
     # -- requests ------------------------------------------------------------------------
 
     @staticmethod

@@ -9,7 +9,9 @@ import msgspec
 import pytest
 
 from pld.errors import BundleError
+from pld.runtime.audit import render_audit
 from pld.runtime.bundle import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     Bundle,
     bundle_digest,
@@ -17,6 +19,7 @@ from pld.runtime.bundle import (
     parse_bundle,
     render_system_prompt,
     save_bundle,
+    schema_version_for,
 )
 from pld.runtime.store import resolve_bundle_path, shipped_bundles
 
@@ -26,7 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "bundles"
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("v*.json")), ids=lambda p: p.name)
 def test_every_released_schema_version_still_loads(path: Path) -> None:
     raw = json.loads(path.read_text())
-    if raw["schema_version"] == SCHEMA_VERSION:
+    if raw["schema_version"] in READABLE_VERSIONS:
         b = load_bundle(path)
         assert b.digest == bundle_digest(b)
         assert b.system_prompt == render_system_prompt(b.task, b.instructions)
@@ -44,6 +47,41 @@ def test_v1_fixture_content() -> None:
     assert b.system_prompt.endswith(
         "Answer with exactly one label (positive, negative) and nothing else."
     )
+
+
+def test_v2_fixture_content() -> None:
+    b = load_bundle(FIXTURES / "v2.json")
+    assert b.schema_version == 2 == schema_version_for(b) and b.metrics is not None
+    effects = b.metrics.rule_effects or []
+    assert [(e.index, e.id, e.delta_macro_f1, e.ci_low, e.ci_high, e.n) for e in effects] == [
+        (1, "r1", -0.2, -0.45, 0.0, 10),
+        (2, "r2", 0.0, -0.1, 0.1, 10),
+    ]
+    shown = render_audit(b).splitlines()
+    at = shown.index(next(x for x in shown if x.startswith("  1. Praise")))
+    assert (
+        shown[at + 1]
+        == "     effect: without it macro-F1 -0.200 [-0.450, +0.000], accuracy -0.200 (n=10)"
+    )
+
+
+def test_a_file_carries_the_lowest_schema_version_that_holds_it(tmp_path: Path) -> None:
+    # without rule effects a bundle keeps its schema-1 bytes, digest and signature: an older pld
+    # (which rejects unknown fields) still reads it; with them it says 2 ("upgrade pld" there)
+    v1 = FIXTURES / "v1.json"
+    again = save_bundle(load_bundle(v1), tmp_path / "v1.json")
+    assert again.read_bytes() == v1.read_bytes()
+    v2 = load_bundle(FIXTURES / "v2.json")
+    stripped = msgspec.structs.replace(
+        v2, metrics=msgspec.structs.replace(v2.metrics, rule_effects=None)
+    )
+    out = save_bundle(stripped, tmp_path / "stripped.json")
+    assert json.loads(out.read_text())["schema_version"] == 1
+    assert "rule_effects" not in out.read_text()
+    raw = json.loads((FIXTURES / "v2.json").read_text())
+    raw["schema_version"] = 1  # a schema-1 file cannot hold rule effects
+    with pytest.raises(BundleError, match="needs schema_version 2"):
+        parse_bundle(_bytes(raw), verify_digest=False)
 
 
 def _raw() -> dict:

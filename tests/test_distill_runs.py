@@ -193,6 +193,7 @@ def _entries(cache: Path) -> int:
 
 @pytest.mark.model
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a real 135M teacher: minutes when the machine is busy
 def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Path) -> None:
     from pld.models import resolve
     from pld.runtime.classifier import Classifier
