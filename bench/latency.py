@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pld.errors import DataError, PldError
+from pld.metrics import percentile
 from pld.runtime import Classifier, ClassifierOptions, read_records
 
 __all__ = ["default_bundle", "default_inputs", "format_latency", "run_latency"]
@@ -41,11 +42,6 @@ def _ms(fn: Any, *args: Any) -> tuple[float, Any]:
     return (time.perf_counter() - t0) * 1000, out
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
-
-
 def run_latency(
     *,
     bundle: str | None = None,
@@ -60,8 +56,8 @@ def run_latency(
 ) -> dict[str, Any]:
     """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields).
 
-    ``options`` set threads, GPU layers and flash attention for every mode; calibration is off
-    and ``max_batch`` is 1, except in the batched mode (``batch_size``).
+    ``options`` set threads, GPU layers, KV type, ubatch and flash attention for every mode;
+    calibration is off and ``max_batch`` is 1, except in the batched mode (``batch_size``).
     """
     say = log or (lambda msg: print(msg, file=sys.stderr))
     bundle = bundle or default_bundle()
@@ -138,13 +134,13 @@ def run_latency(
         "tokens_per_request_full": prefix_tokens + round(sum(suffix_tokens) / len(suffix_tokens)),
         "tokens_per_request_reuse": round(sum(suffix_tokens) / len(suffix_tokens)),
         "full_p50_ms": round(full_p50, 1),
-        "full_p95_ms": round(_pct(times["full"], 0.95), 1),
+        "full_p95_ms": round(percentile(times["full"], 0.95), 1),
         "reuse_p50_ms": round(reuse_p50, 1),
-        "reuse_p95_ms": round(_pct(times["reuse"], 0.95), 1),
+        "reuse_p95_ms": round(percentile(times["reuse"], 0.95), 1),
         "batched_per_request_ms": round(statistics.median(times["batched"]), 1),
         "batch_size": batch_size,
         "floor_p50_ms": round(floor_p50, 1),
-        "floor_p95_ms": round(_pct(times["floor"], 0.95), 1),
+        "floor_p95_ms": round(percentile(times["floor"], 0.95), 1),
         "speedup_reuse": round(full_p50 / reuse_p50, 1),
         "overhead_reuse": round(reuse_p50 / floor_p50, 2),
         "prime_ms": round(prime_ms, 1),
@@ -155,6 +151,8 @@ def run_latency(
         "backend": backend,
         "n_threads": base.n_threads or None,
         "flash_attn": base.flash_attn,
+        "kv_type": base.type_k if base.type_k == base.type_v else f"{base.type_k}/{base.type_v}",
+        "n_ubatch": base.engine_config().ubatch(),
     }
 
 
@@ -185,6 +183,11 @@ def format_latency(r: dict[str, Any]) -> str:
         ("label agreement reuse vs full", f"{r['label_agreement']}"),
         ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
         ("backend", r["backend"]),
+        (
+            "KV type / ubatch / flash attention",
+            f"{r['kv_type']} / {r['n_ubatch']} / "
+            f"{ {True: 'on', False: 'off', None: 'auto'}[r['flash_attn']] }",
+        ),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -25,7 +25,7 @@ from pld.paths import prefix_states_dir
 
 from .batch import label_room
 from .bundle import Bundle, load_bundle
-from .engine import Engine
+from .engine import Engine, gpu_backend
 from .model import Model
 from .options import DEVICE_STATES_KEPT, ClassifierOptions
 from .prefix_cache import PrefixStateStore, state_key
@@ -199,6 +199,11 @@ class Classifier:
         import llama_cpp
 
         cfg = self.engine.config
+        # Batch shapes change the primed cells' rounding and the window cache's size; they join
+        # the key only when not the defaults, so existing state files keep their names.
+        shapes = {"n_batch": cfg.n_batch, "n_ubatch": cfg.ubatch()}
+        if (cfg.n_batch, cfg.ubatch()) == (512, 512):
+            shapes = {}
         return state_key(
             model_sha256=self.resolved.sha256,
             prefix=state_key(tokens=self.prefix_tokens),
@@ -207,8 +212,9 @@ class Classifier:
             n_seq=self.engine.n_seq,
             flash_attn=cfg.flash_attn,
             swa_full=cfg.swa_full,
-            kv_type="f16",
+            kv_type=cfg.type_k if cfg.type_k == cfg.type_v else f"{cfg.type_k}/{cfg.type_v}",
             n_gpu_layers=cfg.n_gpu_layers,
+            **shapes,
         )
 
     def _prepare(self, use_cache: bool, state_dir: Path | None, keep: int) -> None:
@@ -355,11 +361,11 @@ class Classifier:
 
     @property
     def backend(self) -> str:
-        """Which backend runs the model, as llama.cpp reports it."""
-        import llama_cpp.llama_cpp as L
-
-        gpu = bool(L.llama_supports_gpu_offload()) and self.engine.config.n_gpu_layers != 0
-        return "gpu-offload" if gpu else "cpu"
+        """Which backend runs the model's layers: 'cpu', or the GPU backend llama.cpp offloads
+        them to ('cuda', 'metal', ...) when ``n_gpu_layers`` is not 0 and the build has one."""
+        if self.engine.config.n_gpu_layers == 0:
+            return "cpu"
+        return gpu_backend() or "cpu"
 
     def close(self) -> None:
         """Free the context, and the model if this classifier loaded it."""

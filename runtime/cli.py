@@ -18,7 +18,7 @@ from pld.progress import progress
 from .audit import render_audit
 from .bundle import load_bundle
 from .classifier import Classifier
-from .options import ClassifierOptions
+from .options import ClassifierOptions, FlashAttn, tuning_overrides
 from .records import read_records
 from .store import resolve_bundle_path, shipped_bundles
 
@@ -30,6 +30,23 @@ BundleOpt = Annotated[
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student)."),
+]
+# llama.cpp tuning knobs (ClassifierOptions.type_k/type_v, n_ubatch, flash_attn); left out, each
+# keeps the library default. bench/cli.py uses them too.
+KvTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="KV cache type for K and V (f16, q8_0, q4_0, ...), or K/V such as q8_0/f16; a "
+        "quantized V needs --flash-attn on. Default: f16."
+    ),
+]
+UbatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Tokens per llama.cpp compute step (0: the decode batch, 512)."),
+]
+FlashAttnOpt = Annotated[
+    FlashAttn | None,
+    typer.Option(help="Flash attention: on, off or auto (llama.cpp decides). Default: off."),
 ]
 
 
@@ -67,6 +84,9 @@ def classify(
         int,
         typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
     ] = 1,
+    kv_type: KvTypeOpt = None,
+    ubatch: UbatchOpt = None,
+    flash_attn: FlashAttnOpt = None,
     allow_model_mismatch: Annotated[
         bool, typer.Option(help="Run a model other than the bundle's.")
     ] = False,
@@ -86,6 +106,7 @@ def classify(
         n_gpu_layers=gpu_layers,
         max_batch=batch_size,
         allow_model_mismatch=allow_model_mismatch,
+        **tuning_overrides(kv_type, ubatch, flash_attn),
     )
     if device_dir is not None:
         clf = Classifier.open(task, options, model=model, device_dir=device_dir)

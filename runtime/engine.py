@@ -24,9 +24,51 @@ from pld.errors import ConfigError, ContextOverflowError, ModelError
 from .batch import LlamaBatch, label_room
 from .model import Model
 
-__all__ = ["Engine", "EngineConfig", "EngineStats"]
+__all__ = ["KV_TYPES", "Engine", "EngineConfig", "EngineStats", "devices", "gpu_backend"]
 
 L_SWA_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: only the sliding-window cache
+
+
+# KV cache element types llama.cpp accepts (``--cache-type-k/-v`` in llama.cpp's own tools).
+KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+
+
+# ggml device types (enum ggml_backend_dev_type) that hold offloaded layers
+_GPU_DEVICE_TYPES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU
+_BACKEND_NAMES = {"MTL": "metal"}  # registry names that are not the backend's usual name
+
+
+def devices() -> list[tuple[str, str, int]]:
+    """llama.cpp's compute devices: (backend registry name, device name, ggml device type)."""
+    import llama_cpp.llama_cpp as L
+    from llama_cpp._ggml import libggml as g
+
+    L.llama_backend_init()
+    ptr, name = ctypes.c_void_p, ctypes.c_char_p
+    for fn, res, args in (
+        (g.ggml_backend_dev_count, ctypes.c_size_t, []),
+        (g.ggml_backend_dev_get, ptr, [ctypes.c_size_t]),
+        (g.ggml_backend_dev_type, ctypes.c_int, [ptr]),
+        (g.ggml_backend_dev_name, name, [ptr]),
+        (g.ggml_backend_dev_backend_reg, ptr, [ptr]),
+        (g.ggml_backend_reg_name, name, [ptr]),
+    ):
+        fn.restype, fn.argtypes = res, args
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        reg = g.ggml_backend_reg_name(g.ggml_backend_dev_backend_reg(dev)).decode()
+        out.append((reg, g.ggml_backend_dev_name(dev).decode(), int(g.ggml_backend_dev_type(dev))))
+    return out
+
+
+def gpu_backend() -> str | None:
+    """The backend offloaded layers run on in this llama.cpp build ('cuda', 'metal', 'vulkan',
+    ...), or None when it has no GPU device."""
+    for reg, _, kind in devices():
+        if kind in _GPU_DEVICE_TYPES:
+            return _BACKEND_NAMES.get(reg, reg.lower())
+    return None
 
 
 @dataclass
@@ -35,13 +77,24 @@ class EngineConfig:
 
     n_ctx: int = 0
     n_batch: int = 512
+    # Tokens per llama.cpp compute step (0: n_batch). It also sizes the windowed sliding-window
+    # cache (n_swa + n_ubatch cells, rounded up to 256), and an input longer than it makes the
+    # engine restore the prefix's last window afterwards.
+    n_ubatch: int = 0
     n_threads: int = 0
+    n_threads_batch: int = 0  # threads for prompt-sized batches (0: as n_threads)
     n_gpu_layers: int = 0
     max_batch: int = 1
     max_input_tokens: int = 2048
     # Off by default: measured on Gemma-3 270M (CPU), prefix reuse then matches a from-scratch
     # evaluation bit for bit, while flash attention changes label probabilities by up to 0.08.
-    flash_attn: bool = False
+    # None lets llama.cpp decide (its "auto").
+    flash_attn: bool | None = False
+    # KV cache element types (KV_TYPES); a quantized V cache needs flash attention.
+    type_k: str = "f16"
+    type_v: str = "f16"
+    # Let llama.cpp move host-resident weights' ops to a GPU for large batches (GPU builds).
+    op_offload: bool = True
     # None: windowed sliding-window cache when requests run one at a time (see Engine), full-size
     # otherwise. True forces the full-size cache.
     swa_full: bool | None = None
@@ -49,6 +102,36 @@ class EngineConfig:
     def threads(self) -> int:
         """Threads to use: the configured count, or every core."""
         return self.n_threads or max(1, os.cpu_count() or 1)
+
+    def threads_batch(self) -> int:
+        """Threads for batches: the configured count, or ``threads()``."""
+        return self.n_threads_batch or self.threads()
+
+    def ubatch(self) -> int:
+        """Tokens per compute step: ``n_ubatch``, or ``n_batch`` when it is 0."""
+        return self.n_ubatch or self.n_batch
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the fix if the tuning knobs do not go together."""
+        for name, value in (("type_k", self.type_k), ("type_v", self.type_v)):
+            if value not in KV_TYPES:
+                raise ConfigError(
+                    f"unknown KV cache type {value!r} for {name}; use one of "
+                    f"{', '.join(KV_TYPES)} (--kv-type)"
+                )
+        if self.type_v not in ("f32", "f16", "bf16") and self.flash_attn is False:
+            raise ConfigError(
+                f"a quantized V cache ({self.type_v}) needs flash attention in llama.cpp; "
+                "turn it on (--flash-attn on) or keep V at f16"
+            )
+        for name, n in (("n_threads", self.n_threads), ("n_threads_batch", self.n_threads_batch)):
+            if n < 0:
+                raise ConfigError(f"{name} is {n}; pass a positive count, or 0 for every core")
+        if not 0 <= self.n_ubatch <= self.n_batch:
+            raise ConfigError(
+                f"n_ubatch ({self.n_ubatch}) must be between 1 and n_batch ({self.n_batch}), or 0 "
+                "for n_batch; lower --ubatch or raise n_batch"
+            )
 
 
 @dataclass
@@ -71,7 +154,7 @@ class Engine:
     Two layouts. *Shared* (``max_batch`` > 1, or labels that need teacher forcing): a full-size
     sliding-window cache, and each request decodes in its own copy of sequence 0 (cells shared).
     *Windowed* (one request at a time, labels decided by their first token): the sliding-window
-    layers keep only ~``n_swa`` + ``n_batch`` cells, and a request decodes straight into sequence
+    layers keep only ~``n_swa`` + ``n_ubatch`` cells, and a request decodes straight into sequence
     0 and is cut off again. The cells it overwrites are only those no later position can attend
     to; a suffix longer than one ubatch could overwrite the prefix's last window, so after such a
     request a checkpoint of that window is put back. Measured on Gemma-3 270M with a 4,664-token
@@ -95,6 +178,7 @@ class Engine:
         # sequences each request needs: 1 when labels differ in their first token, else one
         # per label (see label_room)
         self.n_labels = max(1, lanes)
+        cfg.validate()
         self.windowed = cfg.max_batch == 1 and self.n_labels == 1 and not cfg.swa_full
         # seq 0: prefix; then (shared layout) one block of lanes per batched request.
         self.n_seq = 1 if self.windowed else 1 + cfg.max_batch * self.n_labels
@@ -114,13 +198,18 @@ class Engine:
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = cfg.n_batch
-        params.n_ubatch = cfg.n_batch
+        params.n_ubatch = cfg.ubatch()
         params.n_seq_max = self.n_seq
         params.n_threads = cfg.threads()
-        params.n_threads_batch = cfg.threads()
-        params.flash_attn_type = (
-            L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.n_threads_batch = cfg.threads_batch()
+        params.flash_attn_type = {
+            True: L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            None: L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        }[cfg.flash_attn]
+        params.type_k = getattr(L, f"GGML_TYPE_{cfg.type_k.upper()}")
+        params.type_v = getattr(L, f"GGML_TYPE_{cfg.type_v.upper()}")
+        params.op_offload = cfg.op_offload
         # Copies of the prefix pin every sliding-window cell they share, so the shared layout
         # needs the full-size cache; the windowed layout relies on overwriting masked cells.
         params.swa_full = not self.windowed
@@ -269,7 +358,7 @@ class Engine:
                 chunk = suffixes[start : start + step]
                 if self.windowed:
                     out[start] = self._score_chunk(chunk, labels, p0, seq_base=0)[0]
-                    if len(chunk[0]) > self.config.n_batch:  # later ubatches may have
+                    if len(chunk[0]) > self.config.ubatch():  # later ubatches may have
                         self._restore_window()  # overwritten the prefix's last window
                 else:
                     out[start : start + len(chunk)] = self._score_chunk(chunk, labels, p0)
