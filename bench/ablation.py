@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
 from pld.errors import ConfigError, DataError
-from pld.metrics import score
+from pld.metrics import paired_bootstrap_delta, score
 from pld.progress import progress as progress_bar
 from pld.runtime import (
     Bundle,
@@ -106,28 +104,6 @@ def rule_groups(
     return sorted(groups.values())
 
 
-def _macro_f1_resampled(
-    gold: npt.NDArray[np.int64], pred: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], k: int
-) -> npt.NDArray[np.float64]:
-    """Macro-F1 of every resample (rows of ``idx``) at once; same definition as
-    ``pld.metrics.macro_f1`` (a label never gold nor predicted counts as 0)."""
-    b = idx.shape[0]
-    codes = gold[idx] * k + pred[idx] + (np.arange(b) * k * k)[:, None]
-    m = np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k).astype(float)
-    tp = np.diagonal(m, axis1=1, axis2=2)
-    n_pred, n_gold = m.sum(axis=1), m.sum(axis=2)
-    precision = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
-    recall = np.divide(tp, n_gold, out=np.zeros_like(tp), where=n_gold > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return f1.mean(axis=1)  # type: ignore[no-any-return]
-
-
-def _interval(values: npt.NDArray[np.float64], alpha: float = 0.05) -> tuple[float, float]:
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
 def audit(
     bundle: str | Path | Bundle,
     data: str | Path,
@@ -207,19 +183,11 @@ def audit(
             calibrated, model_name = clf.calibrated, clf.resolved.name
         finally:
             clf.close()
-    labels = b.labels
-    code = {name: i for i, name in enumerate(labels)}
-    g = np.array([code[x] for x in gold])
-    p0 = np.array([code[x] for x in base])
-    idx = np.random.default_rng(seed).integers(0, len(g), (n_boot, len(g)))
-    base_f1 = _macro_f1_resampled(g, p0, idx, len(labels))
-    base_acc = (g[idx] == p0[idx]).mean(axis=1)
-    rep0 = score(gold, base, labels)
+    rep0 = score(gold, base, b.labels)
     effects = []
     for k, members in enumerate(groups):
-        pk = np.array([code[x] for x in preds[k]])
-        rep = score(gold, preds[k], labels)
-        lo, hi = _interval(_macro_f1_resampled(g, pk, idx, len(labels)) - base_f1)
+        # the same seed draws the same records for every variant: all are paired with the baseline
+        d = paired_bootstrap_delta(gold, preds[k], base, b.labels, n_boot=n_boot, seed=seed)
         first = b.instructions[members[0]]
         effects.append(
             Effect(
@@ -227,12 +195,12 @@ def audit(
                 indices=[i + 1 for i in members],
                 ids=[b.instructions[i].id for i in members],
                 text=first.text,
-                delta_macro_f1=rep.macro_f1 - rep0.macro_f1,
-                ci_low=lo,
-                ci_high=hi,
-                delta_accuracy=rep.accuracy - rep0.accuracy,
-                accuracy_ci=_interval((g[idx] == pk[idx]).mean(axis=1) - base_acc),
-                changed=int((pk != p0).sum()),
+                delta_macro_f1=d.macro_f1,
+                ci_low=d.macro_f1_ci[0],
+                ci_high=d.macro_f1_ci[1],
+                delta_accuracy=d.accuracy,
+                accuracy_ci=d.accuracy_ci,
+                changed=sum(x != y for x, y in zip(preds[k], base, strict=True)),
                 prompt_tokens=cost[k][0],
                 tokens_decoded=cost[k][1],
                 predictions=preds[k],

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pld.bench import ablation
 from pld.errors import ConfigError
-from pld.metrics import macro_f1, score
+from pld.metrics import macro_f1, macro_f1_resampled, score
 from pld.runtime import (
     Bundle,
     Classifier,
@@ -177,7 +177,7 @@ def test_resampled_macro_f1_matches_metrics() -> None:
     rng = np.random.default_rng(1)
     gold, pred = rng.integers(0, 3, 20), rng.integers(0, 3, 20)
     idx = rng.integers(0, 20, (30, 20))
-    fast = ablation._macro_f1_resampled(gold, pred, idx, 3)
+    fast = macro_f1_resampled(gold, pred, idx, 3)
     names = np.array(["a", "b", "c"])
     slow = [macro_f1(names[gold[i]].tolist(), names[pred[i]].tolist(), names) for i in idx]
     assert np.allclose(fast, slow, atol=1e-12)
