@@ -15,8 +15,8 @@ lint:
     .venv/bin/python scripts/check.py
 
 fix:
-    .venv/bin/ruff check --fix runtime models bench distiller fleet pld scripts tests
-    .venv/bin/ruff format runtime models bench distiller fleet pld scripts tests
+    .venv/bin/ruff check --fix runtime models bench distiller fleet serve pld scripts tests
+    .venv/bin/ruff format runtime models bench distiller fleet serve pld scripts tests
 
 # rewrite the committed data fixtures from ../shared/data
 fixtures:
@@ -26,6 +26,30 @@ fixtures:
 bench:
     .venv/bin/pld bench latency
     .venv/bin/pld eval --bundle stereoset --data ../shared/data/stereoset/dev.jsonl --limit 300
+
+# pld against create_chat_completion (with and without LlamaRAMCache) and llama-server, one run;
+# builds llama-server from the llama.cpp sources llama-cpp-python ships (once, cached)
+bench-compare *ARGS:
+    scripts/build_llama_server.sh
+    .venv/bin/pld bench compare {{ARGS}}
+
+# latency against prompt length, input length and batch size; CSV + PNG under bench/results
+bench-scaling *ARGS:
+    .venv/bin/pld bench scaling --out bench/results {{ARGS}}
+
+# micro-benchmarks of the hot paths (bench/micro), compared with the committed baseline: fails
+# when a benchmark's fastest round is 25% slower than the baseline's (select with -k, not a path)
+bench-micro *ARGS:
+    .venv/bin/python -m pytest bench/micro --benchmark-storage=bench/micro/baseline --benchmark-compare='*/0001_baseline' --benchmark-compare-fail=min:25% --benchmark-columns=min,mean,stddev,median,rounds --benchmark-sort=name {{ARGS}}
+
+# replace bench-micro's baseline with a run on this machine (bench/micro/baseline)
+bench-micro-save:
+    rm -rf bench/micro/baseline
+    .venv/bin/python -m pytest bench/micro --benchmark-storage=bench/micro/baseline --benchmark-save=baseline --benchmark-columns=min,mean,stddev,median,rounds --benchmark-sort=name
+
+# the server's load test: clients, a pull and a rollback mid-run, overhead against in-process
+bench-serve *ARGS:
+    .venv/bin/python -m pld.bench.load_serve load {{ARGS}}
 
 demo:
     .venv/bin/pld demo

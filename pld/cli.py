@@ -17,6 +17,7 @@ from pld.fleet import cli as fleet_cli
 from pld.fleet import device_cli
 from pld.models import cli as models_cli
 from pld.runtime import cli as runtime_cli
+from pld.serve import cli as serve_cli
 
 __all__ = ["app", "main"]
 
@@ -27,7 +28,9 @@ app = typer.Typer(
 )
 app.command("classify")(runtime_cli.classify)
 app.command("demo")(runtime_cli.demo)
+app.command("serve")(serve_cli.serve)
 app.command("eval")(bench_cli.evaluate)
+app.command("report")(bench_cli.report)
 app.add_typer(distiller_cli.app, name="distill")
 app.add_typer(runtime_cli.bundle_app, name="bundle")
 app.add_typer(models_cli.app, name="models")

@@ -1,0 +1,142 @@
+"""`pld serve`: parse options, check that the serve extra is installed, run the server.
+
+Imports nothing of the extra at module level, so `pld --help` works on a device without it.
+Errors propagate to ``pld.cli``, which prints them (exit 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pld.errors import ConfigError, DependencyError, InputError
+
+__all__ = ["serve"]
+
+
+def require_serve_extra() -> None:
+    """Refuse with the install command when starlette, uvicorn or prometheus-client is missing."""
+    from importlib.util import find_spec
+
+    missing = [n for n in ("starlette", "uvicorn", "prometheus_client") if find_spec(n) is None]
+    if missing:
+        raise DependencyError(
+            f"{', '.join(missing)} not installed; pld serve needs the serve extra: "
+            "pip install 'pld[serve]'"
+        )
+
+
+def serve(
+    device_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--device-dir", "-d", help="Serve every task active in this device directory."
+        ),
+    ] = None,
+    bundle: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bundle",
+            "-b",
+            help="[TASK=]bundle file or shipped name (repeatable), instead of --device-dir.",
+        ),
+    ] = None,  # fmt: skip
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413).")] = 1 << 20,
+    max_inputs: Annotated[int, typer.Option(help="Most inputs in one request (413).")] = 64,
+    max_queue: Annotated[
+        int, typer.Option(help="Most inputs waiting over all requests (503 + Retry-After).")
+    ] = 256,
+    max_batch: Annotated[
+        int, typer.Option(help="Inputs decoded together (1 is fastest on a CPU; more on a GPU).")
+    ] = 1,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="With --max-batch > 1: wait this long for a fuller batch.")
+    ] = 0.0,
+    truncate: Annotated[
+        bool, typer.Option(help="Cut inputs that do not fit the context instead of a 422.")
+    ] = False,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PLD_ADMIN_TOKEN", help="Token that allows POST /v1/reload off loopback."
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
+    poll: Annotated[
+        float, typer.Option(help="Seconds between checks of the device directory for a pull.")
+    ] = 1.0,
+) -> None:
+    """Serve every task of a device directory (or some bundles) over HTTP on one loaded model.
+
+    POST /v1/classify {"task", "inputs": [...]} | {"text": ...}; GET /v1/tasks, /healthz,
+    /readyz, /metrics; POST /v1/reload (or SIGHUP). SIGTERM drains and exits 0.
+    """
+    if (device_dir is None) == (not bundle):
+        raise InputError("give --device-dir D or one or more --bundle NAME_OR_PATH (not both)")
+    for name, value in (("--max-body", max_body), ("--max-inputs", max_inputs),
+                        ("--max-queue", max_queue), ("--max-batch", max_batch)):  # fmt: skip
+        if value < 1:
+            raise ConfigError(f"{name} is {value}; give a positive number")
+    if poll <= 0:
+        raise ConfigError(f"--poll is {poll:g}; give the seconds between checks, above 0")
+    if batch_window_ms < 0:
+        raise ConfigError(f"--batch-window-ms is {batch_window_ms:g}; give 0 or more")
+    if max_queue < max_inputs:
+        raise ConfigError(
+            f"--max-queue ({max_queue}) is below --max-inputs ({max_inputs}): a full request "
+            "could never be admitted; raise --max-queue"
+        )
+    require_serve_extra()
+    from pld.runtime import ClassifierOptions
+
+    from .registry import BundleSource, DeviceSource, Source
+    from .server import run
+    from .service import ServeOptions
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s pld serve: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("pld.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    source: Source = (
+        DeviceSource(device_dir) if device_dir is not None else BundleSource(bundle or [])
+    )
+    if device_dir is not None and not device_dir.is_dir():
+        raise InputError(f"device directory {device_dir} does not exist; run pld device pull first")
+    source.wanted()  # fail now, not after binding, when nothing is there to serve
+    t0 = time.time()
+    service = run(
+        source,
+        host=host,
+        port=port,
+        options=ServeOptions(
+            max_body=max_body,
+            max_inputs=max_inputs,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            batch_window_ms=batch_window_ms,
+            admin_token=admin_token,
+            poll_s=poll,
+        ),
+        classifier=ClassifierOptions(
+            truncate=truncate, n_threads=threads, n_gpu_layers=gpu_layers, max_batch=max_batch
+        ),
+    )
+    import msgspec
+
+    summary = {
+        "served_s": round(time.time() - t0, 1),
+        "ready_s": round(service.ready_at - t0, 2) if service.ready_at else None,
+        "queue_left": service.worker.pending,
+    }
+    typer.echo(msgspec.json.encode(summary).decode())

@@ -1,0 +1,108 @@
+"""Running the app under uvicorn with the signals a service manager sends: the first SIGTERM
+(or Ctrl-C) stops accepting, answers every admitted request and exits 0; a second exits at
+once; SIGHUP re-reads the bundles.
+
+Knows uvicorn and signals; the app is ``create_app``'s, the bundles the registry's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from pld.runtime import ClassifierOptions
+
+from .app import create_app
+from .metrics import ServeMetrics
+from .registry import Registry, Source
+from .service import ServeOptions, Service
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("pld.serve")
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with pld's signals (and none re-raised after a graceful exit)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handlers = {signal.SIGINT: self._stop, signal.SIGTERM: self._stop, signal.SIGHUP: self._hup}
+        original = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+        try:
+            yield
+        finally:
+            for sig, h in original.items():
+                signal.signal(sig, h)
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        name = signal.Signals(sig).name
+        if self.should_exit:
+            os.write(2, f"pld serve: second {name}, exiting now\n".encode())
+            os._exit(128 + sig)
+        os.write(2, f"pld serve: {name}: draining admitted requests, then exiting\n".encode())
+        self.should_exit = True
+
+    def _hup(self, sig: int, frame: FrameType | None) -> None:
+        loop = self.loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.service.reload("SIGHUP")))
+
+
+def run(
+    source: Source,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    options: ServeOptions | None = None,
+    classifier: ClassifierOptions | None = None,
+) -> Service:
+    """Serve ``source`` until a signal stops it; returns the stopped service (for a summary).
+
+    Raises the initial load's error if the bundles could not be loaded.
+    """
+    metrics = ServeMetrics()
+    registry = Registry(source, classifier or ClassifierOptions())
+    service = Service(registry, options or ServeOptions(), metrics)
+    app = create_app(service)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=None,
+    )
+    server = Server(config, service)
+
+    def fatal(exc: BaseException) -> None:
+        server.should_exit = True
+
+    service.on_fatal = fatal
+    log.info("pld serve on http://%s:%d (%s)", host, port, source.describe())
+    server.run()
+    if service.load_error is not None:
+        raise service.load_error
+    return service
