@@ -1,0 +1,171 @@
+"""`pld bench compare`: the real contenders on a short shipped bundle, and its small pure parts.
+
+Each model test is one short real run (2 inputs, 1 repeat) through the CLI; the llama-server
+test runs only where scripts/build_llama_server.sh has built the binary (CI does not).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import data_file
+from typer.testing import CliRunner
+
+from pld.bench.compare import CONTENDERS, default_server_bin, run_compare
+from pld.bench.contenders import label_grammar, match_label
+from pld.cli import app
+from pld.errors import ConfigError, DataError
+from pld.paths import cache_dir
+from pld.runtime import load_bundle, shipped_bundles
+
+runner = CliRunner()
+RATIOS = ("chat_completion", "chat_completion_cached", "llama_server", "llama_server_swa_full")
+
+
+def test_match_label_takes_the_longest_label_or_a_unique_cut_off_one() -> None:
+    labels = ["stereotype", "anti-stereotype", "unrelated"]
+    assert match_label(" anti-stereotype\n", labels) == "anti-stereotype"
+    assert match_label("Stereotype, because", labels) == "stereotype"
+    assert match_label("unrel", labels) == "unrelated"  # cut off by max_tokens
+    assert match_label("You judge a sentence", labels) is None
+    assert match_label("", labels) is None
+    assert match_label("A", ["A", "AB"]) == "A"
+
+
+def test_label_grammar_is_valid_gbnf_and_escapes_quotes() -> None:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    gbnf = label_grammar(['say "yes"', "no\\"])
+    assert gbnf == r'root ::= "say \"yes\"" | "no\\"'
+    LlamaGrammar.from_string(gbnf, verbose=False)  # raises on a malformed grammar
+
+
+def test_bad_options_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pld is the reference"):
+        run_compare(bundle="stereoset", skip=["pld"])
+    with pytest.raises(ConfigError, match="--skip takes"):
+        run_compare(bundle="stereoset", skip=["ollama"])
+    short = tmp_path / "two.jsonl"
+    short.write_text('{"text": "a"}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match="needs at least 4"):
+        run_compare(bundle="stereoset", data=short, requests=2)
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """`pld bench compare` on the stereoset bundle; returns the JSON line, the --json-out file
+    and the table."""
+    out_file = tmp_path / "compare.json"
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "compare",
+            "--bundle",
+            str(shipped_bundles()["stereoset"]),
+            "--data",
+            str(data_file("stereoset")),
+            "--requests",
+            "2",
+            "--repeats",
+            "1",
+            "--json-out",
+            str(out_file),
+            *args,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    last = json.loads(res.stdout.strip().splitlines()[-1])
+    return last, json.loads(out_file.read_text()), res.stdout
+
+
+def _check_ratios(line: dict[str, Any]) -> None:
+    for name in RATIOS:
+        c = line["contenders"][name]
+        if c["ran"]:
+            expected = c["p50_ms"] / line["pld_p50_ms"]
+            assert math.isclose(line[f"vs_{name}"], expected, rel_tol=0.02, abs_tol=0.01), name
+        else:
+            assert line[f"vs_{name}"] is None and line[f"vs_{name}_reason"]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_compare_runs_every_in_process_contender_and_explains_a_missing_server(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-llama-server"
+    line, full, table = _run(tmp_path, "--server-bin", str(missing))
+    assert "chat_completion_cached" in table and "vs pld" in table
+    for key in ("pld_p50_ms", "pld_batched_per_request_ms", "cold_start_ms"):
+        assert line[key] is not None, key
+    assert line["pld_p50_ms"] == line["contenders"]["pld"]["p50_ms"] > 0
+    assert "per_request" not in line and set(line["contenders"]) == set(CONTENDERS)
+    _check_ratios(line)
+    for name in ("llama_server", "llama_server_swa_full"):
+        assert line[f"vs_{name}"] is None
+        assert str(missing) in line[f"vs_{name}_reason"]
+        assert "build_llama_server.sh" in line[f"vs_{name}_reason"]
+
+    labels = load_bundle(shipped_bundles()["stereoset"]).labels
+    pld_records = full["per_request"]["pld"]
+    pld_label = {r["input"]: r["label"] for r in pld_records}
+    for name in ("chat_completion", "chat_completion_cached"):
+        c, records = line["contenders"][name], full["per_request"][name]
+        assert c["ran"] and c["n"] == len(records) == 2
+        for r in records:
+            # the label is read from the text the model really generated (grammar-limited)
+            assert r["text"] and r["label"] == match_label(r["text"], labels) is not None
+            # the same prompt as pld's, token for token in length
+            assert r["prompt_tokens"] == next(
+                p["prompt_tokens"] for p in pld_records if p["input"] == r["input"]
+            )
+            # the Llama matched the previous prompt's prefix: far less than the whole prompt
+            assert 0 < r["evaluated"] < r["prompt_tokens"] / 2
+        agree = [r["label"] == pld_label[r["input"]] for r in records]
+        assert c["label_agreement"] == round(sum(agree) / len(agree), 3)
+        assert c["warmup_evaluated"][0] > c["warmup_evaluated"][1]
+    cs = line["contenders"]
+    assert cs["pld"]["cold_start_ms"] > 0 and cs["chat_completion"]["cold_start_ms"] > 0
+    assert line["cold_start_ms"]["pld"] == cs["pld"]["cold_start_ms"]
+    # pld restores its saved prefix and evaluates only the input; the chat path has nothing
+    # to restore and evaluates the whole prompt (the cold start answers input 0)
+    first = next(p for p in pld_records if p["input"] == 0)
+    assert cs["pld"]["cold_start"]["evaluated"] == first["evaluated"]
+    assert cs["chat_completion"]["cold_start"]["evaluated"] == first["prompt_tokens"]
+    assert (
+        cs["pld_batched"]["cold_start_reason"] and cs["chat_completion_cached"]["cold_start_reason"]
+    )
+    assert cs["pld"]["peak_rss_mb"] > 0 and cs["chat_completion_cached"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_llama_server_contenders_report_what_the_server_evaluated(tmp_path: Path) -> None:
+    # the tests keep pld's cache in a temporary PLD_CACHE_DIR: look where the build script put
+    # the binary (or at PLD_LLAMA_SERVER)
+    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pld"
+    where = os.environ.get("PLD_LLAMA_SERVER")
+    binary = Path(where) if where else home_cache / default_server_bin().relative_to(cache_dir())
+    if not binary.is_file():
+        pytest.skip(f"no llama-server at {binary}; build it with scripts/build_llama_server.sh")
+    skip = "pld_batched,chat_completion,chat_completion_cached"
+    line, full, _ = _run(tmp_path, "--skip", skip, "--server-bin", str(binary))
+    _check_ratios(line)
+    labels = load_bundle(shipped_bundles()["stereoset"]).labels
+    pld_prompt = {r["input"]: r["prompt_tokens"] for r in full["per_request"]["pld"]}
+    for name in ("llama_server", "llama_server_swa_full"):
+        c = line["contenders"][name]
+        assert c["ran"], c.get("reason")
+        for r in full["per_request"][name]:
+            assert r["prompt_tokens"] == pld_prompt[r["input"]]  # the same prompt as pld's
+            assert r["evaluated"] + r["cache_n"] == r["prompt_tokens"]  # its own timings
+            assert r["label"] == match_label(r["text"], labels) is not None
+        assert c["peak_rss_mb"] > 0 and c["cold_start_ms"] > 0
+        assert c["cold_start"]["restored_tokens"] > 0
