@@ -30,8 +30,7 @@ bench:
 # pld against create_chat_completion (with and without LlamaRAMCache) and llama-server, one run;
 # builds llama-server from the llama.cpp sources llama-cpp-python ships (once, cached)
 bench-compare *ARGS:
-    scripts/build_llama_server.sh
-    .venv/bin/pld bench compare {{ARGS}}
+    .venv/bin/pld bench compare --server-bin "$(scripts/build_llama_server.sh)" {{ARGS}}
 
 # latency against prompt length, input length and batch size; CSV + PNG under bench/results
 bench-scaling *ARGS:
