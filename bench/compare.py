@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from pld.errors import ConfigError, DataError, PldError
+from pld.metrics import percentile
 from pld.paths import cache_dir
 from pld.progress import progress
 from pld.runtime import read_records
@@ -53,11 +54,6 @@ def default_server_bin(gpu: bool = False) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     flavour = "cuda" if gpu else "cpu"
     return cache_dir() / "llama-server" / f"{version}-{flavour}" / "llama-server"
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 class Worker:
@@ -454,7 +450,7 @@ def _summary(
             c.update(
                 n=len(t.ms),
                 p50_ms=round(statistics.median(t.ms), 1),
-                p95_ms=round(_pct(t.ms, 0.95), 1),
+                p95_ms=round(percentile(t.ms, 0.95), 1),
                 requests_per_s=round(len(t.ms) / wall * 1000, 2),
                 prompt_tokens_per_request=round(statistics.mean(prompt), 1),
                 evaluated_tokens_per_request=round(statistics.mean(evaluated), 1),

@@ -121,16 +121,22 @@ class Worker:
     def abandon(self, job: Job) -> None:
         """The client left: drop the inputs not yet taken (those in the engine finish)."""
         with self.cond:
-            if job.failed:
-                return
-            job.failed = True
-            dropped = len(job.texts) - job.taken
-            job.taken = len(job.texts)
-            if job in self.jobs:
-                self.jobs.remove(job)
-            self._forget(job, dropped)
+            self._fail(job)
 
     # -- the worker's side ---------------------------------------------------------------
+
+    def _fail(self, job: Job) -> bool:
+        """Mark ``job`` failed and drop its inputs not yet taken (lock held); False when it had
+        already failed."""
+        if job.failed:
+            return False
+        job.failed = True
+        dropped = len(job.texts) - job.taken
+        job.taken = len(job.texts)
+        if job in self.jobs:
+            self.jobs.remove(job)
+        self._forget(job, dropped)
+        return True
 
     def _forget(self, job: Job, n: int) -> None:
         """``n`` inputs of ``job`` leave the queue (lock held)."""
@@ -172,13 +178,7 @@ class Worker:
             if not isinstance(exc, InputError):
                 log.exception("%s: could not check a request", job.gen.task)
             with self.cond:
-                if not job.failed:
-                    job.failed = True
-                    dropped = len(job.texts) - job.taken
-                    job.taken = len(job.texts)
-                    if job in self.jobs:
-                        self.jobs.remove(job)
-                    self._forget(job, dropped)
+                self._fail(job)
             job.loop.call_soon_threadsafe(_resolve, job.future, exc)
             return
         job.checked = True
@@ -237,13 +237,7 @@ class Worker:
                     self.metrics.inputs.labels(gen.task, gen.version).inc()
                     self.metrics.input_tokens.labels(gen.task, gen.version).inc(job.tokens[i])
                 job.answered += 1
-                if error is not None and not job.failed:
-                    job.failed = True
-                    dropped = len(job.texts) - job.taken
-                    job.taken = len(job.texts)
-                    if job in self.jobs:
-                        self.jobs.remove(job)
-                    self._forget(job, dropped)
+                if error is not None and self._fail(job):
                     job.loop.call_soon_threadsafe(_resolve, job.future, error)
                 elif not job.failed and job.answered == len(job.texts):
                     done.append(job)
