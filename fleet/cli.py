@@ -36,44 +36,86 @@ def require_fleet_extra() -> None:
 
 @keys_app.command("generate")
 def generate(
-    out: Annotated[Path, typer.Option("--out", help="Folder for signing.key and signing.pub.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the key pair.")],
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="root (signs key sets; keep it offline, 2 or more with a threshold) or index "
+            "(signs channel indexes). Without: one signing key holding both roles.",
+        ),
+    ] = None,
 ) -> None:
-    """Write a new ed25519 key pair: OUT/signing.key (private, mode 0600) and OUT/signing.pub."""
+    """Write a new ed25519 key pair: OUT/ROLE.key (private, mode 0600) and OUT/ROLE.pub."""
     require_fleet_extra()
     from .keys import generate_keys
 
-    key_path, pub_path, keyid = generate_keys(out)
-    typer.echo(f"private key: {key_path} (keep it off devices)")
-    typer.echo(f"public key:  {pub_path} (give it to devices: --trusted-key)")
+    key_path, pub_path, keyid = generate_keys(out, role)
+    typer.echo(
+        f"private key: {key_path} (keep it off devices{', and offline' if role == 'root' else ''})"
+    )
+    use = {
+        None: "give it to devices: --trusted-key",
+        "root": "give it to devices (--trusted-key) and publishers (--root-pub)",
+        "index": "name it in the key set: pld keys rotate --index-key",
+    }[role]
+    typer.echo(f"public key:  {pub_path} ({use})")
     typer.echo(f"key id:      {keyid}")
 
 
 @keys_app.command("rotate")
 def rotate(
     to: Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")],
-    key: Annotated[list[Path], typer.Option("--key", help="A key devices trust now (repeatable).")],
-    new_key: Annotated[
-        list[Path], typer.Option("--new-key", help="A key devices trust from now on (repeatable).")
+    key: Annotated[
+        list[Path], typer.Option("--key", help="A root key devices trust now (repeatable).")
     ],
+    new_key: Annotated[
+        list[Path] | None,
+        typer.Option("--new-key", help="A root key from now on (repeatable; default: the same)."),
+    ] = None,
+    index_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--index-key",
+            help="Public key (index.pub) that signs indexes from now on (repeatable; default: "
+            "unchanged, or the root keys in a single-key setup).",
+        ),
+    ] = None,
     threshold: Annotated[
-        int, typer.Option(help="Signatures of the new keys a device requires.")
-    ] = 1,
+        int | None, typer.Option(help="Root signatures a device requires (default: unchanged).")
+    ] = None,
+    index_threshold: Annotated[int, typer.Option(help="Index signatures a device requires.")] = 1,
+    reset_versions: Annotated[
+        bool,
+        typer.Option(
+            "--reset-versions",
+            help="Void every channel's version floor on devices (an index key was stolen).",
+        ),
+    ] = False,
 ) -> None:
-    """Write keys.json in --to DEST: the new keys, signed by the current and the new keys."""
+    """Write keys.json in --to DEST: the next key set, signed by the current and new root keys."""
     require_fleet_extra()
-    from .keys import SigningKey
+    from .keys import PublicKey, SigningKey
     from .publisher import rotate_keys
 
     keyset = rotate_keys(
         to,
         current_keys=[SigningKey.load(p) for p in key],
-        new_keys=[SigningKey.load(p) for p in new_key],
+        new_keys=[SigningKey.load(p) for p in new_key or []],
+        index_keys=[PublicKey.load(p) for p in index_key or []],
         threshold=threshold,
+        index_threshold=index_threshold,
+        reset_versions=reset_versions,
     )
+    index = keyset.index
     typer.echo(
-        f"key set version {keyset.version}: {', '.join(keyset.keys)} "
-        f"(threshold {keyset.threshold}); publish with the new key(s) from now on"
+        f"key set version {keyset.version}: root {', '.join(keyset.keys)} (threshold "
+        f"{keyset.threshold}); index "
+        + (f"{', '.join(index.keys)} (threshold {index.threshold})" if index else "the root keys")
+        + ("; version floors reset" if keyset.floors_reset == keyset.version else "")
     )
+    if keyset.threshold < 2:
+        typer.echo("note: a root threshold of 2 or more (--threshold) is recommended", err=True)
     typer.echo(msgspec.json.encode(keyset).decode())
 
 
@@ -111,13 +153,28 @@ def publish(
     to: Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")],
     channel: Annotated[str, typer.Option("--channel", help="Channel, e.g. stable or canary.")],
     key: KeyOpt,
+    root_pub: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--root-pub",
+            help="Root public key (root.pub) to verify the store's keys.json with (repeatable; "
+            "needed when --key is an index key).",
+        ),
+    ] = None,
+    carry: Annotated[
+        bool,
+        typer.Option(
+            help="Carry the channel's other tasks forward (--no-carry: after a rotation that "
+            "reset the version floors, publish every task again)."
+        ),
+    ] = True,
     expires_in: Annotated[
         float, typer.Option("--expires-in", help="Days until devices refuse this index.")
     ] = 30,
 ) -> None:
     """Copy bundles to DEST and sign the channel's next index (its version one higher)."""
     require_fleet_extra()
-    from .keys import SigningKey
+    from .keys import PublicKey, SigningKey
     from .publisher import publish as publish_bundles
 
     result = publish_bundles(
@@ -125,6 +182,8 @@ def publish(
         to,
         channel=channel,
         keys=[SigningKey.load(p) for p in key],
+        root_keys=[PublicKey.load(p) for p in root_pub or []],
+        carry=carry,
         expires_in_days=expires_in,
     )
     for t in result.tasks:

@@ -35,6 +35,8 @@ import msgspec
 from pld.errors import FleetError, PullLockedError
 from pld.files import atomic_write
 
+from .index import KeyRole
+
 __all__ = [
     "ActiveEntry",
     "ChannelState",
@@ -46,8 +48,9 @@ __all__ = [
     "iso_now",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# fullmatch only: with match, "$" also matches before a trailing newline
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = ".pld.json"
 _T = TypeVar("_T")
 
@@ -57,18 +60,32 @@ class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class ChannelState(_Strict, frozen=True):
-    """The newest index of a channel that the device accepted: its version and payload sha256."""
+    """The newest index of a channel that the device accepted: its version and payload sha256,
+    and the key set's ``floors_reset`` when it was accepted (a later reset voids it as a floor).
+    """
 
     version: int
     sha256: str
+    epoch: int = 0
 
 
 class TrustedKeySet(_Strict, frozen=True):
-    """The keys (key id -> base64 raw ed25519) and signature threshold the device trusts."""
+    """The keys (key id -> base64 raw ed25519) and signature thresholds the device trusts.
+
+    ``threshold``/``keys`` are the root role (they sign key sets); ``index`` the keys that sign
+    channel indexes (None: the root keys do, as with a key given by ``--trusted-key``).
+    """
 
     version: int  # 0: given with --trusted-key on the first pull; then a signed keys.json's
     threshold: int
     keys: dict[str, str]
+    index: KeyRole | None = None
+    floors_reset: int = 0  # channel states accepted under an older value are no floor
+    previous_index: KeyRole | None = None  # what the key set says; publishers use it
+
+    def index_role(self) -> KeyRole:
+        """The keys that sign channel indexes, and how many must."""
+        return self.index or KeyRole(threshold=self.threshold, keys=self.keys)
 
 
 class TrustedState(_Strict, frozen=True):
@@ -114,7 +131,7 @@ def iso_now() -> str:
 
 def check_name(value: str, what: str) -> str:
     """Refuse a channel or task name that could not be a plain file name."""
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise FleetError(
             f"{what} name {value!r} is not allowed; use letters, digits, '.', '_' and '-' "
             "(at most 64, starting with a letter or digit)"
@@ -167,7 +184,14 @@ class DeviceDir:
     def lock(self, operation: str = "pull") -> Iterator[None]:
         """Hold the directory's lock; a second pull or rollback fails at once."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a symlink planted at D/lock must not make us truncate its target
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise FleetError(
+                f"{self.lock_path} is a symbolic link; remove it (pld creates a plain file there)"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -230,19 +254,22 @@ class DeviceDir:
 
     def object_path(self, sha256: str) -> Path:
         """Where the verified bundle file with this sha256 lives."""
-        if not _HEX64.match(sha256):
+        if not _HEX64.fullmatch(sha256):
             raise FleetError(f"{sha256!r} is not a hex sha256")
         return self.objects / f"{sha256}{_SUFFIX}"
 
-    def valid_object(self, sha256: str, length: int) -> Path | None:
-        """The object file if it is there with exactly this length and sha256."""
-        path = self.object_path(sha256)
+    def read_object(self, sha256: str, length: int) -> bytes | None:
+        """The object file's bytes if it is there with exactly this length and sha256."""
         try:
-            data = path.read_bytes()
+            data = self.object_path(sha256).read_bytes()
         except FileNotFoundError:
             return None
         ok = len(data) == length and hashlib.sha256(data).hexdigest() == sha256
-        return path if ok else None
+        return data if ok else None
+
+    def valid_object(self, sha256: str, length: int) -> Path | None:
+        """The object file if it is there with exactly this length and sha256."""
+        return self.object_path(sha256) if self.read_object(sha256, length) is not None else None
 
     def add_object(self, staged: Path, sha256: str) -> Path:
         """Move a verified staging file into ``objects/``, read-only."""

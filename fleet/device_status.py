@@ -60,7 +60,8 @@ class DeviceStatus(_S, frozen=True):
     tasks: list[TaskStatus]
     key_version: int | None
     threshold: int | None
-    keyids: list[str]
+    keyids: list[str]  # root keys (they sign key sets)
+    index_keyids: list[str]  # the keys that sign channel indexes
     channels: dict[str, int]
 
 
@@ -97,9 +98,13 @@ def status(device_dir: str | Path) -> DeviceStatus:
                     last_known_good=_ref(manifest.last_known_good.get(task)),
                 )
             )
-    channels = {c: s.version for c, s in (manifest.channels if manifest else {}).items()}
+    epoch = trusted.keyset.floors_reset if trusted else 0  # older states are no floor
+    channels = {
+        c: s.version for c, s in (manifest.channels if manifest else {}).items() if s.epoch >= epoch
+    }
     for c, s in (trusted.channels if trusted else {}).items():
-        channels[c] = max(s.version, channels.get(c, 0))
+        if s.epoch >= epoch:
+            channels[c] = max(s.version, channels.get(c, 0))
     return DeviceStatus(
         device_dir=str(dev.root),
         generation=manifest.generation if manifest else None,
@@ -108,6 +113,7 @@ def status(device_dir: str | Path) -> DeviceStatus:
         key_version=trusted.keyset.version if trusted else None,
         threshold=trusted.keyset.threshold if trusted else None,
         keyids=sorted(trusted.keyset.keys) if trusted else [],
+        index_keyids=sorted(trusted.keyset.index_role().keys) if trusted else [],
         channels=dict(sorted(channels.items())),
     )
 

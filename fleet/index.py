@@ -3,15 +3,18 @@ runs on them and on each bundle's bytes.
 
 A channel index names, for each task, the one bundle file a device may activate (name, version,
 length, sha256 of the file's bytes, the student model's sha256), under the channel's own
-monotonic version and an expiry time. A key set names the keys (and how many must sign) that a
-device trusts from then on. Every function here is pure: bytes and state in, a typed value or a
-``RejectedError`` naming the problem out.
+monotonic version and an expiry time. A key set names, by role as TUF does, the **root** keys
+(and how many must sign) that sign the next key set, and the **index** keys that sign channel
+indexes; root can void every channel's version floor (``floors_reset``) when an index key was
+stolen. Every function here is pure: bytes and state in, a typed value or a ``RejectedError``
+naming the problem out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from typing import Literal
 
 import msgspec
@@ -23,6 +26,7 @@ __all__ = [
     "KEYSET_TYPE",
     "ChannelIndex",
     "IndexEntry",
+    "KeyRole",
     "KeySet",
     "check_bundle_bytes",
     "check_index",
@@ -32,6 +36,7 @@ __all__ = [
 
 INDEX_TYPE = "pld-channel-index"
 KEYSET_TYPE = "pld-keyset"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,7 +52,7 @@ class IndexEntry(_Strict, frozen=True):
     length: int
     sha256: str  # hex sha256 of the file's bytes
     student_model: str
-    student_sha256: str | None = None
+    student_sha256: str | None = None  # required by check_index; optional only to name the gap
 
 
 class ChannelIndex(_Strict, frozen=True):
@@ -61,13 +66,32 @@ class ChannelIndex(_Strict, frozen=True):
     tasks: dict[str, IndexEntry]
 
 
-class KeySet(_Strict, frozen=True):
-    """The keys a device trusts, by key id (base64 raw ed25519), and how many must sign."""
+class KeyRole(_Strict, frozen=True):
+    """Keys of one role, by key id (base64 raw ed25519), and how many of them must sign."""
+
+    threshold: int
+    keys: dict[str, str]
+
+
+class KeySet(_Strict, frozen=True, omit_defaults=True):
+    """The keys a device trusts from now on, signed by root (the current and these root keys).
+
+    ``threshold``/``keys`` are the **root** role: they sign the next key set, nothing else once
+    ``index`` names the index keys (without ``index``, one set of keys has both roles, as a
+    single key given with ``--trusted-key`` has). ``floors_reset`` is the key set version at
+    which root voided every channel's version floor (0: never): a device then accepts the next
+    index whatever its version, so an index a thief signed at a huge version cannot freeze it.
+    ``previous_index`` names the index keys before this rotation (absent after a reset), so a
+    publisher may carry forward the index they signed.
+    """
 
     type: Literal["pld-keyset"]
     version: int
     threshold: int
     keys: dict[str, str]
+    index: KeyRole | None = None
+    floors_reset: int = 0
+    previous_index: KeyRole | None = None
 
 
 def utc_now() -> dt.datetime:
@@ -124,9 +148,46 @@ def check_index(
                 "device trusts, but different content; a publisher must raise the version"
             )
     for task, entry in index.tasks.items():
-        if not entry.file.startswith("bundles/") or ".." in entry.file or entry.length < 0:
-            raise RejectedError(f"the index names an unsafe file for task {task!r}: {entry.file!r}")
+        check_entry(entry, task)
     return index
+
+
+def check_model_name(name: str, where: str) -> str:
+    """Refuse a model name from signed data that could be a path (``/``, ``\\``, ``..``)."""
+    if not name or "/" in name or "\\" in name or ".." in name or "\x00" in name:
+        raise RejectedError(
+            f"{where} names the student model {name!r}, which looks like a path; a signed "
+            "document may only name a model of the registry (publish a bundle whose student "
+            "is a registry name)"
+        )
+    return name
+
+
+def check_entry(entry: IndexEntry, task: str) -> None:
+    """Refuse an index entry with an unsafe file name, a path-like model or no model sha256."""
+    if (
+        not entry.file.startswith("bundles/")
+        or ".." in entry.file
+        or "\\" in entry.file
+        or entry.length < 0
+    ):
+        raise RejectedError(f"the index names an unsafe file for task {task!r}: {entry.file!r}")
+    if not _HEX64.fullmatch(entry.sha256):
+        raise RejectedError(f"the index gives task {task!r} a sha256 that is not 64 hex digits")
+    if entry.student_sha256 is None or not _HEX64.fullmatch(entry.student_sha256):
+        raise RejectedError(
+            f"the index entry of task {task!r} carries no student model sha256 (64 hex digits); "
+            "a device must know the model file a bundle was validated with: publish it again "
+            "with pld bundle publish from a bundle that records its student's sha256"
+        )
+    check_model_name(entry.student_model, f"the index entry of task {task!r}")
+
+
+def _check_role(role: KeyRole, what: str) -> None:
+    if not 1 <= role.threshold <= len(role.keys):
+        raise RejectedError(
+            f"the key set asks for {role.threshold} signatures of {len(role.keys)} {what} keys"
+        )
 
 
 def parse_keyset(payload: bytes) -> KeySet:
@@ -135,9 +196,14 @@ def parse_keyset(payload: bytes) -> KeySet:
         keyset = msgspec.json.decode(payload, type=KeySet)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RejectedError(f"the signed key set is malformed ({exc})") from None
-    if not 1 <= keyset.threshold <= len(keyset.keys):
+    _check_role(KeyRole(threshold=keyset.threshold, keys=keyset.keys), "root")
+    for role, what in ((keyset.index, "index"), (keyset.previous_index, "previous index")):
+        if role is not None:
+            _check_role(role, what)
+    if not 0 <= keyset.floors_reset <= keyset.version:
         raise RejectedError(
-            f"the key set asks for {keyset.threshold} signatures of {len(keyset.keys)} keys"
+            f"the key set (version {keyset.version}) says floors were reset at version "
+            f"{keyset.floors_reset}; refusing it"
         )
     return keyset
 

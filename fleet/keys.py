@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pld.errors import FleetError
 from pld.files import atomic_write
 
-__all__ = ["PublicKey", "SigningKey", "generate_keys", "key_id"]
+__all__ = ["ROLES", "PublicKey", "SigningKey", "generate_keys", "key_id"]
 
 
 def key_id(raw_public: bytes) -> str:
@@ -130,13 +130,21 @@ class SigningKey:
         )
 
 
-def generate_keys(out: str | Path) -> tuple[Path, Path, str]:
-    """Write ``OUT/signing.key`` (mode 0600) and ``OUT/signing.pub``; returns both and the id.
+ROLES = ("root", "index")
 
-    Refuses to overwrite an existing key: a lost key cannot sign updates any more.
+
+def generate_keys(out: str | Path, role: str | None = None) -> tuple[Path, Path, str]:
+    """Write ``OUT/<stem>.key`` (mode 0600) and ``OUT/<stem>.pub``; returns both and the id.
+
+    The stem is the role: ``root`` (signs key sets; keep it offline), ``index`` (signs channel
+    indexes), or ``signing`` without one (a single key holding both roles). Refuses to
+    overwrite an existing key: a lost key cannot sign updates any more.
     """
+    if role is not None and role not in ROLES:
+        raise FleetError(f"key role {role!r} is unknown; use --role root or --role index")
     folder = Path(out)
-    key_path, pub_path = folder / "signing.key", folder / "signing.pub"
+    stem = role or "signing"
+    key_path, pub_path = folder / f"{stem}.key", folder / f"{stem}.pub"
     for path in (key_path, pub_path):
         if path.exists():
             raise FleetError(

@@ -12,16 +12,21 @@ Files are written bundles first, then ``index-<version>.json``, then ``index.jso
 device never reads an index that names a file not yet there. Validation of bundles is the
 runtime's; what devices check is ``pld.fleet.index``'s. Knows nothing about devices.
 
-Key rotation, for operators:
+The publisher is a client too: the bucket is as untrusted as the network, so before it carries
+anything into a new signature it verifies ``keys.json`` the way a device does (from the root
+public keys it is given, or from its own keys in a single-key setup) and the channel's current
+index against the index keys that key set names.
 
-1. ``pld keys generate --out new`` makes the new key (keep the old one until step 3 is done).
-2. ``pld keys rotate --to DEST --key old/signing.key --new-key new/signing.key`` writes
-   ``DEST/keys.json``, signed by the old and the new keys: a device accepts it only when a
-   threshold of the keys it trusts now and a threshold of the new keys signed it, then trusts
-   only the new keys. Several ``--new-key`` and ``--threshold N`` make an N-of-M key set.
-3. Publish from then on with the new key(s): ``pld bundle publish ... --key new/signing.key``.
-   Devices take ``keys.json`` before the index on their next pull; from then on they refuse
-   an index signed by the old key alone. Retire the old key once the fleet has pulled.
+Key rotation, for operators (``pld keys rotate``; root keys sign, index keys never do):
+
+1. ``pld keys generate --role index --out new`` makes the new key.
+2. ``pld keys rotate --to DEST --key ROOT.key ... --index-key new/index.pub`` writes
+   ``DEST/keys.json``, signed by the current root keys (and any ``--new-key`` root keys): a
+   device accepts it only under a threshold of the root keys it trusts now and of the new
+   root keys. ``--reset-versions`` also voids every channel's version floor (a stolen index
+   key signed a huge version); publish with ``--no-carry`` afterwards.
+3. Publish with the new index key from then on; devices take ``keys.json`` before the index
+   on their next pull and refuse an index signed by a revoked key.
 
 A fleet-wide rollback is a new publication of the old bundle file: the index version still
 goes up, so devices take it (they never accept an older index).
@@ -39,13 +44,15 @@ from pathlib import Path
 
 import msgspec
 
-from pld.errors import BundleError, FleetError
+from pld.errors import BundleError, FleetError, RejectedError, SignatureError
 from pld.runtime.bundle import parse_bundle
 from pld.runtime.store import resolve_bundle_path
 
-from .index import ChannelIndex, IndexEntry, KeySet, utc_now
-from .keys import SigningKey
-from .signed import Envelope, sign_document
+from .device import TrustedKeySet
+from .index import ChannelIndex, IndexEntry, KeyRole, KeySet, check_entry, utc_now
+from .keys import PublicKey, SigningKey
+from .pull_keys import catch_up, role_map
+from .signed import Envelope, sign_document, verify_document
 from .store import Store
 
 __all__ = [
@@ -54,10 +61,13 @@ __all__ = [
     "channel_dir",
     "publish",
     "rotate_keys",
+    "verified_keyset",
 ]
 
 KEYSET_FILE = "keys.json"
-_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_INDEX_BYTES = 4 << 20  # as a device reads them
+MAX_KEYS_BYTES = 1 << 20
+_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class PublishedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +93,7 @@ class PublishResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def channel_dir(channel: str) -> str:
     """``channels/<channel>``, refusing a name that is not a plain folder name."""
-    if not _CHANNEL.match(channel) or ".." in channel:
+    if not _CHANNEL.fullmatch(channel) or ".." in channel:
         raise FleetError(
             f"channel name {channel!r} is not allowed; use letters, digits, '.', '_' and '-' "
             "(for example 'stable' or 'canary')"
@@ -104,8 +114,8 @@ def _distinct(keys: Sequence[SigningKey]) -> list[SigningKey]:
 
 
 def _unsigned_payload(data: bytes, where: str) -> bytes:
-    """The payload of one of the publisher's own envelopes (its signatures are not checked:
-    the store is the publisher's own; devices verify)."""
+    """The payload of an envelope, signatures unchecked: only for choosing a version number
+    that goes up (``carry=False``), never for content that is signed again."""
     try:
         return base64.b64decode(msgspec.json.decode(data, type=Envelope).payload, validate=True)
     except (msgspec.DecodeError, msgspec.ValidationError, binascii.Error) as exc:
@@ -115,47 +125,94 @@ def _unsigned_payload(data: bytes, where: str) -> bytes:
         ) from None
 
 
-def _previous_index(store: Store, channel: str) -> ChannelIndex | None:
+def _keyring(keys: Sequence[PublicKey], threshold: int = 1) -> TrustedKeySet:
+    return TrustedKeySet(version=0, threshold=threshold, keys={k.keyid: k.text() for k in keys})
+
+
+def verified_keyset(
+    store: Store, anchor: Sequence[PublicKey], *, anchor_name: str
+) -> TrustedKeySet:
+    """The key set the store's ``keys.json`` makes devices trust, verified the way a device
+    verifies it, starting from ``anchor`` (keys the caller trusts without the store: root public
+    keys, or the caller's own keys); the implicit key set of ``anchor`` when there is none.
+
+    The bucket is as untrusted as the network: a key set that does not verify is refused.
+    """
+    if not anchor:
+        raise FleetError("no key to verify the store with; pass --key (and --root-pub)")
+    start = _keyring(anchor)
+
+    def read(name: str) -> bytes | None:
+        return store.read_optional(name, limit=MAX_KEYS_BYTES)
+
+    try:
+        return catch_up(read, start, 1, lambda _msg: None)
+    except (SignatureError, RejectedError) as exc:
+        raise FleetError(
+            f"{store.path(KEYSET_FILE)} does not verify against {anchor_name} ({exc}); either "
+            "someone without the root keys changed it (restore it from a keys-<N>.json you "
+            "wrote), or the root keys are others: pass their public keys with --root-pub. "
+            "Nothing was written"
+        ) from None
+
+
+def _require_signers(
+    store: Store, role: KeyRole, keys: Sequence[SigningKey], what: str, doing: str
+) -> None:
+    """Refuse to sign with keys that devices which took ``keys.json`` do not trust for it."""
+    signers = {k.keyid for k in keys} & set(role.keys)
+    if len(signers) < role.threshold:
+        raise FleetError(
+            f"{store.path(KEYSET_FILE)} makes devices trust {what} keys "
+            f"{', '.join(sorted(role.keys))} with threshold {role.threshold}, and "
+            f"{len(signers)} of the keys given are among them; {doing} with --key of that set"
+        )
+
+
+def _previous_index(
+    store: Store, channel: str, keyset: TrustedKeySet, *, carry: bool
+) -> ChannelIndex | None:
+    """The channel's current index, verified against the index keys the key set names (or
+    the ones before its rotation) before anything of it is carried into a new signature.
+
+    With ``carry=False`` nothing is carried: its version is read unverified, only to go above.
+    """
     rel = f"{channel_dir(channel)}/index.json"
-    data = store.read_optional(rel)
+    where = store.path(rel)
+    data = store.read_optional(rel, limit=MAX_INDEX_BYTES)
     if data is None:
         return None
-    payload = _unsigned_payload(data, store.path(rel))
+    if not carry:
+        payload = _unsigned_payload(data, where)
+    else:
+        roles = [keyset.index_role(), *([keyset.previous_index] if keyset.previous_index else [])]
+        problems: list[str] = []
+        for role in roles:
+            try:
+                payload = verify_document(
+                    data, role_map(role), threshold=role.threshold, what=where
+                )
+                break
+            except SignatureError as exc:
+                problems.append(str(exc))
+        else:
+            raise FleetError(
+                f"refusing to publish: {where} is not signed by the index keys devices trust "
+                f"({problems[0]}); it was tampered with in the store (its tasks would be signed "
+                "again), or it predates a key rotation that reset the version floors. Nothing "
+                "was written: restore it from a verified index-<N>.json, or publish every task "
+                f"of channel {channel!r} again with --no-carry"
+            )
     try:
         index = msgspec.json.decode(payload, type=ChannelIndex)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise FleetError(f"the previous index {store.path(rel)} is malformed ({exc})") from None
+        raise FleetError(f"the previous index {where} is malformed ({exc})") from None
     if index.channel != channel:
         raise FleetError(
-            f"{store.path(rel)} is an index of channel {index.channel!r}, not {channel!r}; "
+            f"{where} is an index of channel {index.channel!r}, not {channel!r}; "
             "the store was edited by hand: restore it"
         )
     return index
-
-
-def _current_keyset(store: Store) -> KeySet | None:
-    data = store.read_optional(KEYSET_FILE)
-    if data is None:
-        return None
-    payload = _unsigned_payload(data, store.path(KEYSET_FILE))
-    try:
-        return msgspec.json.decode(payload, type=KeySet)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise FleetError(f"{store.path(KEYSET_FILE)} is malformed ({exc})") from None
-
-
-def _require_keyset_signers(store: Store, keys: Sequence[SigningKey], doing: str) -> None:
-    """Refuse to sign with keys that devices which took ``keys.json`` no longer trust."""
-    keyset = _current_keyset(store)
-    if keyset is None:
-        return
-    signers = {k.keyid for k in keys} & set(keyset.keys)
-    if len(signers) < keyset.threshold:
-        raise FleetError(
-            f"{store.path(KEYSET_FILE)} (key set version {keyset.version}) makes devices trust "
-            f"keys {', '.join(sorted(keyset.keys))} with threshold {keyset.threshold}, and "
-            f"{len(signers)} of the keys given are among them; {doing} with --key of that set"
-        )
 
 
 def _read_bundles(bundles: Sequence[str | Path]) -> dict[str, tuple[bytes, IndexEntry, str]]:
@@ -185,6 +242,7 @@ def _read_bundles(bundles: Sequence[str | Path]) -> dict[str, tuple[bytes, Index
             student_model=bundle.student.model,
             student_sha256=bundle.student.sha256,
         )
+        check_entry(entry, task)  # what a device would refuse is never published
         out[task] = (data, entry, str(path))
     return out
 
@@ -195,13 +253,18 @@ def publish(
     *,
     channel: str,
     keys: Sequence[SigningKey],
+    root_keys: Sequence[PublicKey] = (),
+    carry: bool = True,
     expires_in_days: float = 30,
     now: dt.datetime | None = None,
 ) -> PublishResult:
     """Copy ``bundles`` (paths or shipped names) to ``dest`` and sign the channel's next index.
 
     The index carries the channel's other tasks forward, replaces the tasks published, and
-    gets the previous version + 1; it is signed by every key in ``keys``.
+    gets the previous version + 1; it is signed by every key in ``keys``. Nothing is carried
+    forward before it verified: ``keys.json`` from ``root_keys`` (default: ``keys`` themselves,
+    a single-key setup), the previous index against the index keys that key set names.
+    ``carry=False`` carries no task (after a rotation that reset the version floors).
     """
     if not bundles:
         raise FleetError("nothing to publish; pass at least one bundle")
@@ -213,8 +276,14 @@ def publish(
     read = _read_bundles(bundles)
     store = Store(dest)
     keys = _distinct(keys)
-    _require_keyset_signers(store, keys, "publish")
-    previous = _previous_index(store, channel)
+    anchor = list(root_keys) or [k.public for k in keys]
+    keyset = verified_keyset(
+        store,
+        anchor,
+        anchor_name="the root keys given (--root-pub)" if root_keys else "the keys given (--key)",
+    )
+    _require_signers(store, keyset.index_role(), keys, "index", "publish")
+    previous = _previous_index(store, channel, keyset, carry=carry)
     version = previous.version + 1 if previous else 1
     audit = f"{folder}/index-{version}.json"
     if store.exists(audit):
@@ -242,7 +311,7 @@ def publish(
         )
 
     start = now or utc_now()
-    tasks = dict(previous.tasks) if previous else {}
+    tasks = dict(previous.tasks) if previous and carry else {}
     tasks.update({task: entry for task, (_, entry, _) in read.items()})
     index = ChannelIndex(
         type="pld-channel-index",
@@ -265,39 +334,84 @@ def publish(
     )
 
 
+def _role(keys: Sequence[PublicKey], threshold: int, what: str, option: str) -> KeyRole:
+    distinct = {k.keyid: k.text() for k in keys}
+    if not 1 <= threshold <= len(distinct):
+        raise FleetError(
+            f"{option} {threshold} needs between 1 and {len(distinct)} (the number of {what} keys)"
+        )
+    return KeyRole(threshold=threshold, keys=dict(sorted(distinct.items())))
+
+
 def rotate_keys(
     dest: str | Path,
     *,
     current_keys: Sequence[SigningKey],
-    new_keys: Sequence[SigningKey],
-    threshold: int = 1,
+    new_keys: Sequence[SigningKey] = (),
+    index_keys: Sequence[PublicKey] = (),
+    threshold: int | None = None,
+    index_threshold: int = 1,
+    reset_versions: bool = False,
 ) -> KeySet:
-    """Write ``DEST/keys.json``: the new keys as a key set, signed by the current and new keys.
+    """Write ``DEST/keys.json``, the next key set, signed by the current and the new root keys.
 
-    The version is the previous key set's + 1 (1 for the first rotation); a copy is kept as
-    ``keys-<version>.json``. When a key set exists, a threshold of the current keys must be
-    in it, or devices that already took it would refuse the new one.
+    ``current_keys`` are root keys devices trust now (a threshold of the store's key set);
+    ``new_keys`` the root keys from now on (default: the same root); ``index_keys`` the public
+    keys that sign channel indexes (default: unchanged, or the root keys themselves in a
+    single-key setup). ``reset_versions`` voids every channel's version floor on devices (an
+    index key was stolen and signed a huge version). The version is the previous key set's + 1;
+    a copy is kept as ``keys-<version>.json``.
     """
     if not current_keys:
-        raise FleetError("pass the keys devices trust now with --key")
-    if not new_keys:
-        raise FleetError("pass the keys devices should trust from now on with --new-key")
-    new = _distinct(new_keys)
-    if not 1 <= threshold <= len(new):
+        raise FleetError("pass the root keys devices trust now with --key")
+    if not (new_keys or index_keys or reset_versions):
         raise FleetError(
-            f"--threshold {threshold} needs between 1 and {len(new)} (the number of --new-key)"
+            "nothing to rotate; pass --new-key (root keys), --index-key (index keys) or "
+            "--reset-versions"
         )
+    current = _distinct(current_keys)
     store = Store(dest)
-    _require_keyset_signers(store, current_keys, "rotate")
-    previous = _current_keyset(store)
+    # the store's key set, verified from the root keys in hand: the bucket is untrusted too
+    before = verified_keyset(
+        store, [k.public for k in current], anchor_name="the keys given (--key)"
+    )
+    _require_signers(
+        store, KeyRole(threshold=before.threshold, keys=before.keys), current, "root", "rotate"
+    )
+    version = before.version + 1
+    new = _distinct(new_keys)
+    if new:
+        root = _role(
+            [k.public for k in new], 1 if threshold is None else threshold, "root", "--threshold"
+        )
+    else:
+        same = [PublicKey.from_text(t) for t in before.keys.values()]
+        root = _role(
+            same, before.threshold if threshold is None else threshold, "root", "--threshold"
+        )
+    if index_keys:
+        index: KeyRole | None = _role(index_keys, index_threshold, "index", "--index-threshold")
+    else:
+        index = before.index  # unchanged; None: the root keys sign indexes too
+    old_index = before.index_role()
+    new_index = index or root
+    if reset_versions:
+        previous = None  # the old index keys are presumed stolen: nothing they signed carries
+    elif new_index == old_index:
+        previous = before.previous_index
+    else:
+        previous = old_index
     keyset = KeySet(
         type="pld-keyset",
-        version=previous.version + 1 if previous else 1,
-        threshold=threshold,
-        keys={k.keyid: k.public.text() for k in sorted(new, key=lambda k: k.keyid)},
+        version=version,
+        threshold=root.threshold,
+        keys=root.keys,
+        index=index,
+        floors_reset=version if reset_versions else before.floors_reset,
+        previous_index=previous,
     )
     payload = msgspec.json.format(msgspec.json.encode(keyset), indent=2) + b"\n"
-    envelope = sign_document(payload, _distinct([*current_keys, *new]))
+    envelope = sign_document(payload, _distinct([*current, *new]))
     store.write(f"keys-{keyset.version}.json", envelope)
     store.write(KEYSET_FILE, envelope)
     return keyset

@@ -14,7 +14,7 @@ import pld.models as models
 from pld.errors import FleetError, ModelMismatchError, RejectedError, StoreError
 from pld.runtime import Bundle
 
-from .index import IndexEntry
+from .index import IndexEntry, check_model_name
 from .pull_faults import pause, write_fault
 from .store import Store
 
@@ -111,6 +111,7 @@ def check_student(
             f"bundle for task {task!r} is {bundle.name} {bundle.version}, the index says "
             f"{entry.name} {entry.version}; refusing it (the publication is inconsistent)"
         )
+    check_model_name(bundle.student.model, f"bundle {bundle.name} {bundle.version} (task {task!r})")
     ours, theirs = bundle.student.sha256, entry.student_sha256
     if ours and theirs and ours != theirs:
         raise RejectedError(

@@ -1,8 +1,9 @@
 """Which keys a pull trusts: the device's stored key set, else ``--trusted-key`` (first pull),
-moved on by a signed ``keys.json`` only when a threshold of the current keys AND of the keys
-it names signed it. A device that missed several rotations catches up through the published
-``keys-<version>.json`` history, one verified step at a time. Bytes and key sets in, a key set
-or an error out; reading files is the caller's (``read``).
+moved on by a signed ``keys.json`` only when a threshold of the current **root** keys AND of the
+root keys it names signed it (index keys never sign a key set). A device that missed several
+rotations catches up through the published ``keys-<version>.json`` history, one verified step
+at a time. Bytes and key sets in, a key set or an error out; reading files is the caller's
+(``read``). The publisher runs the same checks on its store.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from collections.abc import Callable, Sequence
 from pld.errors import FleetError, RejectedError, SignatureError
 
 from .device import TrustedKeySet, TrustedState
-from .index import parse_keyset
+from .index import KeyRole, parse_keyset
 from .keys import PublicKey
 from .signed import verify_document
 
-__all__ = ["apply_keyset", "catch_up", "key_map", "starting_keys"]
+__all__ = ["apply_keyset", "catch_up", "index_map", "key_map", "role_map", "starting_keys"]
 
 
-def key_map(keyset: TrustedKeySet) -> dict[str, PublicKey]:
-    """Key id -> key of a key set, refusing a key whose id is not the one it is filed under."""
+def role_map(role: KeyRole) -> dict[str, PublicKey]:
+    """Key id -> key of a role, refusing a key whose id is not the one it is filed under."""
     out = {}
-    for keyid, text in keyset.keys.items():
+    for keyid, text in role.keys.items():
         key = PublicKey.from_text(text)
         if key.keyid != keyid:
             raise RejectedError(
@@ -30,6 +31,16 @@ def key_map(keyset: TrustedKeySet) -> dict[str, PublicKey]:
             )
         out[keyid] = key
     return out
+
+
+def key_map(keyset: TrustedKeySet) -> dict[str, PublicKey]:
+    """The root keys of a key set (they sign the next key set), by key id."""
+    return role_map(KeyRole(threshold=keyset.threshold, keys=keyset.keys))
+
+
+def index_map(keyset: TrustedKeySet) -> dict[str, PublicKey]:
+    """The keys that sign channel indexes under a key set, by key id."""
+    return role_map(keyset.index_role())
 
 
 def starting_keys(
@@ -68,27 +79,36 @@ def apply_keyset(
     data: bytes, keyset: TrustedKeySet, threshold: int, say: Callable[[str], None]
 ) -> TrustedKeySet:
     """The key set after a published ``keys.json``: the same one unless the document is newer
-    and signed by ``threshold`` of the current keys and by its own threshold of its keys.
+    and signed by ``threshold`` of the current root keys and by its own root threshold of its
+    own root keys. A set signed by index keys alone is refused.
     """
     try:
         payload = verify_document(data, key_map(keyset), threshold=threshold, what="keys.json")
     except SignatureError as exc:
         raise SignatureError(
             f"refusing the published key set: {exc}. A new key set must be signed by "
-            f"{threshold} of the keys this device trusts (key set v{keyset.version}) and by its "
-            "own keys (pld keys rotate does both)"
+            f"{threshold} of the root keys this device trusts (key set v{keyset.version}) and by "
+            "its own root keys, never by index keys alone (pld keys rotate --key ROOT does both)"
         ) from None
     new = parse_keyset(payload)
     if new.version < keyset.version or (new.version == keyset.version == 0):
         return keyset
+    proposed = TrustedKeySet(
+        version=new.version,
+        threshold=new.threshold,
+        keys=dict(new.keys),
+        index=new.index,
+        # a reset is never undone: a device that skips a version still honours it
+        floors_reset=max(new.floors_reset, keyset.floors_reset),
+        previous_index=new.previous_index,
+    )
     if new.version == keyset.version:
-        if (new.keys, new.threshold) != (keyset.keys, keyset.threshold):
+        if proposed != keyset:
             raise RejectedError(
                 f"keys.json has version {new.version}, the version this device trusts, but "
                 "other keys; a publisher must raise the key set's version"
             )
         return keyset
-    proposed = TrustedKeySet(version=new.version, threshold=new.threshold, keys=dict(new.keys))
     try:
         verify_document(
             data, key_map(proposed), threshold=new.threshold, what="keys.json (by its own keys)"
@@ -98,9 +118,16 @@ def apply_keyset(
             f"refusing the published key set v{new.version}: {exc}; a new key set must also be "
             "signed by the keys it names"
         ) from None
+    index = proposed.index_role()
     say(
-        f"keys: now trusting key set v{new.version} ({', '.join(sorted(new.keys))}, "
-        f"threshold {new.threshold})"
+        f"keys: now trusting key set v{new.version} (root {', '.join(sorted(new.keys))}, "
+        f"threshold {new.threshold}; index {', '.join(sorted(index.keys))}, threshold "
+        f"{index.threshold})"
+        + (
+            "; every channel's version floor reset"
+            if proposed.floors_reset > keyset.floors_reset
+            else ""
+        )
     )
     return proposed
 

@@ -24,7 +24,8 @@ import msgspec
 
 import pld.models as models
 from pld.errors import FleetError
-from pld.runtime import Bundle, load_bundle
+from pld.runtime import Bundle
+from pld.runtime.bundle import parse_bundle
 
 from .device import (
     ActiveEntry,
@@ -40,7 +41,7 @@ from .index import IndexEntry, check_bundle_bytes, check_index, utc_now
 from .keys import PublicKey
 from .pull_faults import pause
 from .pull_fetch import check_student, download, read_limited
-from .pull_keys import catch_up, key_map, starting_keys
+from .pull_keys import catch_up, index_map, starting_keys
 from .signed import verify_document
 from .store import Store
 
@@ -212,11 +213,14 @@ class _Pull:
 
         with self.clock("verify"):
             self.keyset = catch_up(read, keyset, threshold, self.say)
-        self.need = max(threshold, self.keyset.threshold)
-        if self.need > len(self.keyset.keys):
+        # --threshold is about the keys given on the first pull; once root names index keys,
+        # the index role's own threshold rules indexes
+        role = self.keyset.index_role()
+        self.need = role.threshold if self.keyset.index else max(threshold, role.threshold)
+        if self.need > len(role.keys):
             raise FleetError(
                 f"--threshold {self.need} needs {self.need} trusted keys; the device trusts "
-                f"{len(self.keyset.keys)}"
+                f"{len(role.keys)}"
             )
 
     def check_index(self, now: dt.datetime) -> None:
@@ -227,13 +231,17 @@ class _Pull:
         assert data is not None
         with self.clock("verify"):
             what = f"the index of channel {self.channel!r} ({self.store.path(rel)})"
-            payload = verify_document(data, key_map(self.keyset), threshold=self.need, what=what)
+            payload = verify_document(data, index_map(self.keyset), threshold=self.need, what=what)
             # the newest version this device accepted: trusted.json, or the active generation
-            # when a pull was killed between its switch and writing trusted.json
+            # when a pull was killed between its switch and writing trusted.json; a version
+            # accepted before root reset the floors (floors_reset) is no floor any more
+            epoch = self.keyset.floors_reset
             known = [
                 c
                 for s in (self.trusted, self.manifest)
-                if s is not None and (c := s.channels.get(self.channel)) is not None
+                if s is not None
+                and (c := s.channels.get(self.channel)) is not None
+                and c.epoch >= epoch
             ]
             self.before = max(known, key=lambda c: c.version) if known else None
             self.index = check_index(
@@ -244,7 +252,9 @@ class _Pull:
                 trusted_sha256=self.before.sha256 if self.before else None,
             )
             self.index_state = ChannelState(
-                version=self.index.version, sha256=hashlib.sha256(payload).hexdigest()
+                version=self.index.version,
+                sha256=hashlib.sha256(payload).hexdigest(),
+                epoch=epoch,
             )
             for task in self.index.tasks:
                 check_name(task, "task")
@@ -273,19 +283,22 @@ class _Pull:
         staging = self.dev.fresh_staging() if self.todo else self.dev.staging
         for task, entry in self.todo.items():
             spent = self.per_task.setdefault(task, {})
-            kept = self.dev.valid_object(entry.sha256, entry.length)  # from an earlier pull
-            path = kept or staging / f"{entry.sha256}.part"
-            if kept is None:
+            data = self.dev.read_object(entry.sha256, entry.length)  # from an earlier pull
+            kept = data is not None
+            path = self.dev.object_path(entry.sha256) if kept else staging / f"{entry.sha256}.part"
+            if data is None:
                 with self.clock("fetch", spent):
-                    got = download(self.store, entry, task, path)
+                    data = download(self.store, entry, task, path)
                 with self.clock("verify", spent):
-                    check_bundle_bytes(got, entry, task)
+                    check_bundle_bytes(data, entry, task)
             with self.clock("verify", spent):
-                bundle = load_bundle(path)
+                # parsed from the very bytes whose length and sha256 were checked, never from
+                # a second read of the file
+                bundle = parse_bundle(data, source=self.store.path(entry.file))
                 run_on, mismatch = check_student(
                     bundle, entry, task, self.model, self.allow, resolved
                 )
-                if kept is None:
+                if not kept:
                     self.dev.add_object(path, entry.sha256)
             self.ready[task] = (bundle, run_on, mismatch)
             self.say(f"{task}: {bundle.name} {bundle.version} verified ({entry.length} bytes)")

@@ -62,14 +62,18 @@ class Store:
         except Exception as exc:  # network, permissions: fsspec backends raise many kinds
             raise StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
 
-    def read_optional(self, rel: str) -> bytes | None:
-        """The bytes of ``rel``, or None when it does not exist."""
+    def read_optional(self, rel: str, *, limit: int | None = None) -> bytes | None:
+        """The bytes of ``rel``, or None when it does not exist; a file over ``limit`` bytes
+        is refused (``StoreError``)."""
         try:
-            return self.read(rel)
+            data = self.read(rel, limit=limit)
         except StoreError as exc:
             if "does not exist" in str(exc):
                 return None
             raise
+        if limit is not None and len(data) > limit:
+            raise StoreError(f"{self.path(rel)} is larger than {limit} bytes; refusing it")
+        return data
 
     def exists(self, rel: str) -> bool:
         """Whether ``rel`` exists."""
@@ -79,11 +83,11 @@ class Store:
             raise StoreError(f"cannot reach {self.path(rel)} ({exc})") from exc
 
     def write(self, rel: str, data: bytes) -> None:
-        """Write ``rel`` (atomically for a local directory)."""
+        """Write ``rel`` (atomically and durably for a local directory)."""
         path = self.path(rel)
         try:
             if self.local:
-                atomic_write(path, data)
+                atomic_write(path, data, fsync=True)
             else:
                 parent = path.rsplit("/", 1)[0]
                 self.fs.makedirs(parent, exist_ok=True)
