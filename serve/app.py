@@ -224,16 +224,23 @@ def create_app(service: Service) -> Starlette:
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    admin_token = opts.admin_token.encode() if opts.admin_token is not None else None
+
     async def reload(request: Request) -> Response:
         host = request.client.host if request.client else ""
-        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        allowed = _loopback(host) or (
-            opts.admin_token is not None and hmac.compare_digest(token, opts.admin_token)
+        # a request that came through a proxy is not a local one, whatever address it has
+        local = _loopback(host) and not any(h in request.headers for h in _FORWARDED)
+        # compared as bytes: the header as sent (starlette decodes it as latin-1), the token
+        # as UTF-8; a str compare_digest raises on non-ASCII text
+        auth = request.headers.get("authorization", "").encode("latin-1")
+        token = auth.removeprefix(b"Bearer ").strip()
+        allowed = local or (
+            admin_token is not None and bool(token) and hmac.compare_digest(token, admin_token)
         )
         if not allowed:
             raise ApiError(
-                403, "forbidden", "reload answers on loopback only, or with the token given "
-                "to --admin-token (Authorization: Bearer TOKEN)",
+                403, "forbidden", "reload answers on loopback only (not through a proxy), or "
+                "with the token given to --admin-token (Authorization: Bearer TOKEN)",
             )  # fmt: skip
         result = await service.reload("POST /v1/reload")
         return _json({**result.as_dict(), "tasks": [g.info() for g in registry.tasks()]})
@@ -274,6 +281,9 @@ def create_app(service: Service) -> Starlette:
         exception_handlers={ApiError: api_error, HTTPException: http_error, 500: server_error},
         lifespan=lifespan,
     )
+
+
+_FORWARDED = ("x-forwarded-for", "forwarded", "x-real-ip")
 
 
 def _loopback(host: str) -> bool:

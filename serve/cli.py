@@ -70,6 +70,12 @@ def serve(
             envvar="PLD_ADMIN_TOKEN", help="Token that allows POST /v1/reload off loopback."
         ),
     ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at most; more are answered 503.")
+    ] = 128,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a request head may take to arrive.")
+    ] = 10.0,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
     gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
     poll: Annotated[
@@ -81,12 +87,20 @@ def serve(
     POST /v1/classify {"task", "inputs": [...]} | {"text": ...}; GET /v1/tasks, /healthz,
     /readyz, /metrics; POST /v1/reload (or SIGHUP). SIGTERM drains and exits 0.
     """
+    if admin_token is not None and not admin_token.strip():
+        raise ConfigError(
+            "--admin-token is empty: anyone could reload; give a long random token (e.g. "
+            "from 'openssl rand -hex 32'), or leave it out to allow loopback only"
+        )
     if (device_dir is None) == (not bundle):
         raise InputError("give --device-dir D or one or more --bundle NAME_OR_PATH (not both)")
     for name, value in (("--max-body", max_body), ("--max-inputs", max_inputs),
-                        ("--max-queue", max_queue), ("--max-batch", max_batch)):  # fmt: skip
+                        ("--max-queue", max_queue), ("--max-batch", max_batch),
+                        ("--max-connections", max_connections)):  # fmt: skip
         if value < 1:
             raise ConfigError(f"{name} is {value}; give a positive number")
+    if header_timeout <= 0:
+        raise ConfigError(f"--header-timeout is {header_timeout:g}; give seconds above 0")
     if poll <= 0:
         raise ConfigError(f"--poll is {poll:g}; give the seconds between checks, above 0")
     if batch_window_ms < 0:
@@ -127,6 +141,8 @@ def serve(
             batch_window_ms=batch_window_ms,
             admin_token=admin_token,
             poll_s=poll,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout,
         ),
         classifier=ClassifierOptions(
             truncate=truncate, n_threads=threads, n_gpu_layers=gpu_layers, max_batch=max_batch

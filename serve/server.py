@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pld.runtime import ClassifierOptions
 
@@ -26,7 +28,7 @@ from .metrics import ServeMetrics
 from .registry import Registry, Source
 from .service import ServeOptions, Service
 
-__all__ = ["Server", "run"]
+__all__ = ["Server", "make_config", "run"]
 
 log = logging.getLogger("pld.serve")
 
@@ -70,6 +72,74 @@ class Server(uvicorn.Server):
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.service.reload("SIGHUP")))
 
 
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol that closes a connection whose request head has not arrived
+    within ``head_timeout`` seconds of connecting (or of the previous response): uvicorn's
+    keep-alive timer stops at the first byte, so a client sending one byte a second would
+    hold the connection for ever."""
+
+    head_timeout = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_cycle: object = None
+
+    def _arm_head_timer(self) -> None:
+        self._head_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self._head_cycle:  # a new request head was parsed
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_timer is None and not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+
+def make_config(app: Starlette, *, host: str, port: int, options: ServeOptions) -> uvicorn.Config:
+    """The uvicorn settings of `pld serve`: no proxy headers, bounded connections and heads."""
+    protocol = type(
+        "PldH11Protocol", (_HeadTimeoutH11,), {"head_timeout": options.header_timeout_s}
+    )
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=None,
+        # never rewrite the client address from X-Forwarded-For: /v1/reload's loopback check
+        # must see the real peer (uvicorn would trust FORWARDED_ALLOW_IPS from the environment)
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        server_header=False,
+        http=protocol,
+        limit_concurrency=options.max_connections,
+        timeout_keep_alive=options.keep_alive_s,
+        h11_max_incomplete_event_size=options.max_header_bytes,
+    )
+
+
 def run(
     source: Source,
     *,
@@ -86,16 +156,7 @@ def run(
     registry = Registry(source, classifier or ClassifierOptions())
     service = Service(registry, options or ServeOptions(), metrics)
     app = create_app(service)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=None,
-    )
-    server = Server(config, service)
+    server = Server(make_config(app, host=host, port=port, options=service.options), service)
 
     def fatal(exc: BaseException) -> None:
         server.should_exit = True

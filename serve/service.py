@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pld.errors import ConfigError
+
 from .metrics import ServeMetrics
 from .registry import Generation, Registry, ReloadResult
 from .worker import Worker
@@ -37,6 +39,21 @@ class ServeOptions:
     read_timeout_s: float = 30.0  # a body that takes longer to arrive is refused (408)
     poll_s: float = 1.0  # how often the source is checked for a new active generation
     admin_token: str | None = None  # lets /v1/reload answer off loopback
+    max_connections: int = 128  # open connections; more are answered 503 (uvicorn)
+    header_timeout_s: float = 10.0  # a request head that takes longer is cut off
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
+    max_header_bytes: int = 16 << 10  # a request head over this is refused (400)
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None and not self.admin_token.strip():
+            raise ConfigError(
+                "--admin-token is empty: anyone could reload; give a long random token "
+                "(e.g. from 'openssl rand -hex 32'), or leave it out to allow loopback only"
+            )
+        for name, value in (("--max-connections", self.max_connections),
+                            ("--header-timeout", self.header_timeout_s)):  # fmt: skip
+            if not value > 0:
+                raise ConfigError(f"{name} is {value}; give a positive number")
 
 
 class Service:
