@@ -66,6 +66,13 @@ def pull_cmd(
         str | None,
         typer.Option("--model", "-m", help="Run the bundles on this model (default: theirs)."),
     ] = None,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds one request to the store may take.")
+    ] = 30.0,
+    pull_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds all requests of this pull may take together (not priming)."),
+    ] = 300.0,
     nice: Annotated[
         int,
         typer.Option(
@@ -92,6 +99,8 @@ def pull_cmd(
         threshold=threshold,
         allow_model_mismatch=allow_model_mismatch,
         model=model,
+        request_timeout=request_timeout,
+        pull_timeout=pull_timeout,
         log=_log,
     )
     for c in result.changed:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pld.models as models
-from pld.errors import FleetError, ModelMismatchError, RejectedError, StoreError
+from pld.errors import DeadlineError, FleetError, ModelMismatchError, RejectedError, StoreError
 from pld.runtime import Bundle
 
 from .index import IndexEntry, check_model_name
@@ -53,11 +53,14 @@ def download(store: Store, entry: IndexEntry, task: str, dest: Path) -> bytes:
         "incomplete (publish again, or sync every file of it)"
     )
     try:
-        src = store.fs.open(path, "rb", block_size=0)
-    except FileNotFoundError:
-        raise missing from None
+        src = store.open(path)
+    except StoreError:
+        raise
     except Exception as exc:
-        raise StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
+        failed = store.failed(path, exc)
+        if isinstance(exc, FileNotFoundError) and not isinstance(failed, DeadlineError):
+            raise missing from None
+        raise failed from None
     try:
         out = open(dest, "wb")  # closed below, with the source
     except OSError as exc:
@@ -66,11 +69,16 @@ def download(store: Store, entry: IndexEntry, task: str, dest: Path) -> bytes:
     with src, out:
         while len(got) <= limit:
             try:
+                if store.deadlines is not None:
+                    store.deadlines.check(path)
                 chunk = src.read(min(_CHUNK, limit + 1 - len(got), _CHUNK if got else 64))
-            except FileNotFoundError:
-                raise missing from None
+            except StoreError:
+                raise
             except Exception as exc:
-                raise StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
+                failed = store.failed(path, exc)
+                if isinstance(exc, FileNotFoundError) and not isinstance(failed, DeadlineError):
+                    raise missing from None
+                raise failed from None
             if not chunk:
                 break
             first = not got

@@ -43,7 +43,7 @@ from .pull_faults import pause
 from .pull_fetch import check_student, download, read_limited
 from .pull_keys import catch_up, index_map, starting_keys
 from .signed import verify_document
-from .store import Store
+from .store import PULL_TIMEOUT_S, REQUEST_TIMEOUT_S, Deadlines, Store
 
 __all__ = ["PullResult", "PullTimings", "TaskChange", "TaskTimings", "pull"]
 
@@ -145,6 +145,8 @@ def pull(
     threshold: int = 1,
     allow_model_mismatch: bool = False,
     model: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT_S,
+    pull_timeout: float = PULL_TIMEOUT_S,
     now: dt.datetime | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PullResult:
@@ -153,10 +155,15 @@ def pull(
     ``trusted_keys`` are needed on the first pull only: the device keeps its key set, and
     later key sets must come signed (``keys.json``). ``threshold`` signatures from distinct
     trusted keys are required (at least the stored key set's). ``model`` overrides the model
-    the bundles run on; ``now`` the device clock (for tests).
+    the bundles run on; ``now`` the device clock (for tests). Every request to the store must
+    answer within ``request_timeout`` seconds, and all of them within ``pull_timeout`` seconds
+    of the start (priming, after the downloads, is not cut short): a store that stalls fails
+    the pull with ``DeadlineError`` and releases the lock, the active bundles untouched.
     """
     check_name(channel, "channel")
-    dev, store, t_start = DeviceDir(device_dir), Store(source), time.perf_counter()
+    deadlines = Deadlines(request_timeout, pull_timeout)
+    dev, t_start = DeviceDir(device_dir), time.perf_counter()
+    store = Store(source, deadlines=deadlines)
     with dev.lock("pull"):
         dev.clean_stale()
         try:

@@ -2,29 +2,88 @@
 ``hf://``, ``memory://``), read and written by paths relative to its root.
 
 One code path for every store; local writes are atomic renames. Reads can stop at a declared
-length, so a server that sends more bytes than an index promised cannot fill the disk. Knows
-files, not what is in them.
+length, so a server that sends more bytes than an index promised cannot fill the disk, and run
+under ``Deadlines`` (per request, and for a whole pull), so a store that stalls cannot hold a
+device's pull lock for ever. Knows files, not what is in them.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pld.errors import StoreError
+from pld.errors import DeadlineError, StoreError
 from pld.files import atomic_write
 
-__all__ = ["Store"]
+__all__ = ["Deadlines", "Store"]
+
+REQUEST_TIMEOUT_S = 30.0
+PULL_TIMEOUT_S = 300.0
+
+
+class Deadlines:
+    """How long one request, and all requests of one pull together, may take (seconds)."""
+
+    def __init__(
+        self, request_s: float = REQUEST_TIMEOUT_S, pull_s: float = PULL_TIMEOUT_S
+    ) -> None:
+        for name, value in (("--request-timeout", request_s), ("--pull-timeout", pull_s)):
+            if not value > 0:
+                raise StoreError(f"{name} is {value:g}; give seconds above 0")
+        self.request_s, self.pull_s = request_s, pull_s
+        self.start = time.monotonic()
+        self.binding = "request"  # which deadline limits the request in flight
+
+    def next_request(self, path: str) -> float:
+        """Seconds the next request may take: the request deadline, or what is left of the
+        pull's, whichever is shorter; raises ``DeadlineError`` when the pull's has passed."""
+        left = self.pull_s - (time.monotonic() - self.start)
+        if left <= 0:
+            self.binding = "pull"
+            raise self.error(path)
+        self.binding = "request" if self.request_s <= left else "pull"
+        return min(self.request_s, left)
+
+    def check(self, path: str) -> None:
+        """Raise ``DeadlineError`` when the pull's deadline has passed."""
+        self.next_request(path)
+
+    def error(self, path: str) -> DeadlineError:
+        """The error naming the deadline that the request for ``path`` ran into."""
+        spent = time.monotonic() - self.start
+        if self.binding == "pull":
+            what = f"the pull's deadline of {self.pull_s:g} s (--pull-timeout) passed"
+            fix = "raise --pull-timeout"
+        else:
+            what = f"no answer within the {self.request_s:g} s deadline of one request (--request-timeout)"
+            fix = "raise --request-timeout"
+        return DeadlineError(
+            f"{what} while reading {path} ({spent:.1f} s into the pull); the store is stalling "
+            f"or too slow. The active bundles are untouched: pull again later, or {fix}"
+        )
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is (or was caused by) a timeout: fsspec wraps some in other errors."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class Store:
-    """A publication store rooted at a directory path or fsspec URL."""
+    """A publication store rooted at a directory path or fsspec URL; reads run under
+    ``deadlines`` when given (each request of an HTTP store gets what is left)."""
 
-    def __init__(self, url: str | Path) -> None:
+    def __init__(self, url: str | Path, *, deadlines: Deadlines | None = None) -> None:
         self.url = str(url)
+        self.deadlines = deadlines
         try:
             fs, root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
@@ -35,10 +94,32 @@ class Store:
         self.fs: Any = fs
         self.root = str(root).rstrip("/")
         self.local = isinstance(fs, LocalFileSystem)
+        protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        self.http = bool({"http", "https"} & set(protocol))
 
     def path(self, rel: str) -> str:
         """The full path (or URL) of ``rel``."""
         return f"{self.root}/{rel}" if self.root else rel
+
+    def open(self, path: str) -> Any:
+        """A streaming binary file for the full ``path``, its request under the deadlines (an
+        HTTP store's whole request, body included, gets at most what is left of them)."""
+        kwargs: dict[str, Any] = {}
+        if self.deadlines is not None:
+            seconds = self.deadlines.next_request(path)
+            if self.http:
+                # fsspec gives its HEAD request this timeout and aiohttp the GET's whole
+                # exchange, body included (a float is aiohttp's ClientTimeout(total=...))
+                kwargs["timeout"] = seconds
+        return self.fs.open(path, "rb", block_size=0, **kwargs)
+
+    def failed(self, path: str, exc: BaseException) -> StoreError:
+        """The error for a failed read of ``path``: a deadline's, or what the backend said."""
+        if self.deadlines is not None and _timed_out(exc):
+            return self.deadlines.error(path)
+        if isinstance(exc, FileNotFoundError):
+            return StoreError(f"{path} does not exist; check --from and --channel")
+        return StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})")
 
     def read(self, rel: str, *, limit: int | None = None) -> bytes:
         """The bytes of ``rel``: at most ``limit`` + 1 when a limit is given (so that a longer
@@ -46,21 +127,21 @@ class Store:
         """
         path = self.path(rel)
         try:
-            with self.fs.open(path, "rb", block_size=0) as fh:
+            with self.open(path) as fh:
                 data: bytes = fh.read() if limit is None else fh.read(limit + 1)
                 if limit is not None:  # some streams return short reads: keep going
                     while len(data) <= limit:
+                        if self.deadlines is not None:
+                            self.deadlines.check(path)
                         more = fh.read(limit + 1 - len(data))
                         if not more:
                             break
                         data += more
                 return data
-        except FileNotFoundError:
-            raise StoreError(f"{path} does not exist; check --from and --channel") from None
         except StoreError:
             raise
         except Exception as exc:  # network, permissions: fsspec backends raise many kinds
-            raise StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
+            raise self.failed(path, exc) from None
 
     def read_optional(self, rel: str, *, limit: int | None = None) -> bytes | None:
         """The bytes of ``rel``, or None when it does not exist; a file over ``limit`` bytes

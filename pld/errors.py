@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflowError",
     "DataError",
+    "DeadlineError",
     "DependencyError",
     "DistillError",
     "FleetError",
@@ -128,6 +129,10 @@ class RejectedError(FleetError):
 
 class StoreError(FleetError):
     """A publication store (a directory or fsspec URL) cannot be read or written."""
+
+
+class DeadlineError(StoreError):
+    """A store did not answer within a pull's per-request or whole-pull deadline."""
 
 
 class PullLockedError(FleetError):
