@@ -54,6 +54,13 @@ def evaluate(
         Path | None, typer.Option(help="Labelled JSON Lines split to draw few-shot examples from.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the few-shot example draw.")] = 0,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled split (not --data) on which to decide calibration for this prompt and "
+            "model, instead of the bundle's choice (which applies only to the bundle's student)."
+        ),
+    ] = None,
 ) -> None:
     """Accuracy, Macro-F1, per-label scores and confusion matrix of a bundle (or a baseline) on a split."""
     from .evaluate import evaluate as run
@@ -75,6 +82,7 @@ def evaluate(
         baseline=baseline,
         train=train,
         seed=seed,
+        calibration_data=calibration_data,
     )
     typer.echo(format_report(res))
     summary = {k: v for k, v in msgspec.to_builtins(res).items() if k != "report"}

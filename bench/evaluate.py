@@ -13,16 +13,20 @@ import time
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from pld.errors import DataError
 from pld.metrics import Report, bootstrap_ci, score
 from pld.progress import progress as progress_bar
 from pld.runtime import (
     Bundle,
+    CalibrationChoice,
     Classifier,
     ClassifierOptions,
     Model,
     Prediction,
+    apply_prior,
+    choose_calibration,
     load_bundle,
     read_records,
     resolve_bundle_path,
@@ -52,6 +56,8 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
     report: Report
     train: str | None = None
     seed: int | None = None
+    calibration_note: str | None = None  # why the bundle's calibration was not used
+    calibration_choice: CalibrationChoice | None = None  # decided on --calibration-data
 
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +83,7 @@ def evaluate(
     train: str | Path | None = None,
     seed: int = 0,
     example_chars: int = EXAMPLE_CHARS,
+    calibration_data: str | Path | None = None,
 ) -> EvalResult:
     """Classify every record of ``data`` (or the first ``limit``) and score against gold labels.
 
@@ -84,6 +91,8 @@ def evaluate(
     go ``options.max_batch`` at a time). ``baseline`` "zero-shot" drops the bundle's rules;
     "few-shot:K" also shows K examples from ``train`` (drawn with ``seed``, stratified by label,
     each cut to ``example_chars``). ``model`` may be a loaded ``Model`` to share (left open).
+    ``calibration_data`` (labelled records, never ``data`` itself) re-decides calibration for
+    this prompt and model by measurement instead of taking the bundle's choice.
     """
     return evaluate_with_predictions(
         bundle,
@@ -96,6 +105,7 @@ def evaluate(
         train=train,
         seed=seed,
         example_chars=example_chars,
+        calibration_data=calibration_data,
     ).result
 
 
@@ -111,6 +121,7 @@ def evaluate_with_predictions(
     train: str | Path | None = None,
     seed: int = 0,
     example_chars: int = EXAMPLE_CHARS,
+    calibration_data: str | Path | None = None,
 ) -> Evaluation:
     """``evaluate``, keeping every record's ``Prediction`` (the JSON of `pld eval` leaves them
     out: they grow with the data); same arguments, same numbers."""
@@ -127,6 +138,13 @@ def evaluate_with_predictions(
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(resolve_bundle_path(bundle))
     system = baseline_prompt(loaded, spec, train=train, seed=seed, max_chars=example_chars)
     opts = dataclasses.replace(options or ClassifierOptions(), truncate=True)
+    if calibration_data is not None:
+        if Path(calibration_data).resolve() == Path(data).resolve():
+            raise DataError(
+                "--calibration-data must not be the data being evaluated: decide calibration "
+                "on a separate labelled split (e.g. a dev slice), then evaluate on another"
+            )
+        opts = dataclasses.replace(opts, calibrate=False)  # applied below, once decided
     batch_size = opts.max_batch
     clf = Classifier.open(loaded, opts, model=model, system_prompt=system)
     try:
@@ -136,6 +154,9 @@ def evaluate_with_predictions(
             raise DataError(
                 f"{data}: gold labels {bad} are not labels of bundle {clf.bundle.name} ({labels})"
             )
+        choice = None
+        if calibration_data is not None:
+            choice = _decide_calibration(clf, calibration_data, progress)
         predictions: list[Prediction] = []
         label = "evaluating" if spec.kind == "none" else f"evaluating {spec}"
         t0 = time.perf_counter()
@@ -145,6 +166,8 @@ def evaluate_with_predictions(
                 predictions += clf.classify_many([r.text for r in chunk])
                 update(len(predictions), len(records))
         per_request_ms = (time.perf_counter() - t0) * 1000 / len(records)
+        if choice is not None and choice.choice == "contextual":
+            predictions = _calibrated(predictions, clf.labels, clf.content_free_prior())
         preds = [p.label for p in predictions]
         rep = score(gold, preds, labels)
         result = EvalResult(
@@ -158,8 +181,10 @@ def evaluate_with_predictions(
             macro_f1_ci=bootstrap_ci(gold, preds, labels, n_boot=N_BOOT),
             accuracy_ci=bootstrap_ci(gold, preds, labels, metric="accuracy", n_boot=N_BOOT),
             per_request_ms=per_request_ms,
-            calibrated=clf.calibrated,
+            calibrated=predictions[0].calibrated,
             report=rep,
+            calibration_note=None if choice is not None else clf.calibration_note,
+            calibration_choice=choice,
             train=str(train) if spec.kind == "few-shot" else None,
             seed=seed if spec.kind == "few-shot" else None,
         )
@@ -174,6 +199,39 @@ def evaluate_with_predictions(
         clf.close()
 
 
+def _decide_calibration(clf: Classifier, data: str | Path, show: bool) -> CalibrationChoice:
+    """Choose calibration for the classifier's prompt and model on labelled ``data``."""
+    records = list(read_records(data))
+    if not records or any(r.label is None for r in records):
+        raise DataError(f"--calibration-data {data} needs labelled records ('label' on each)")
+    probs: list[list[float]] = []
+    with progress_bar("deciding calibration", len(records), show=show) as update:
+        for r in records:
+            p = clf.classify(r.text)
+            probs.append([p.probs[name] for name in clf.labels])
+            update(len(probs), len(records))
+    gold = [str(r.label) for r in records]
+    return choose_calibration(
+        np.asarray(probs), clf.content_free_prior(), gold, clf.labels, clf.resolved
+    )
+
+
+def _calibrated(
+    predictions: list[Prediction], labels: list[str], prior: np.ndarray
+) -> list[Prediction]:
+    raw = np.asarray([[p.probs[name] for name in labels] for p in predictions])
+    cal = apply_prior(raw, prior)
+    return [
+        msgspec.structs.replace(
+            p,
+            label=labels[int(row.argmax())],
+            probs={name: float(v) for name, v in zip(labels, row)},
+            calibrated=True,
+        )
+        for p, row in zip(predictions, cal)
+    ]
+
+
 def format_report(res: EvalResult) -> str:
     """A table for people: per-label scores and the confusion matrix."""
     rep = res.report
@@ -185,6 +243,13 @@ def format_report(res: EvalResult) -> str:
         f"n {res.n}  accuracy {res.accuracy:.3f} [{res.accuracy_ci[0]:.3f}, {res.accuracy_ci[1]:.3f}]  "
         f"macro-F1 {res.macro_f1:.3f} [{res.macro_f1_ci[0]:.3f}, {res.macro_f1_ci[1]:.3f}] (95% bootstrap)  "
         f"{res.per_request_ms:.0f} ms/request",
+    ]
+    if res.calibration_note:
+        lines.append(res.calibration_note)
+    if (c := res.calibration_choice) is not None:
+        tried = ", ".join(f"{k} {v:.3f}" for k, v in c.macro_f1.items())
+        lines.append(f"calibration decided on {c.n} records for {c.model}: {c.choice} ({tried})")
+    lines += [
         "",
         f"{'label':<{w}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
     ]

@@ -43,13 +43,15 @@ def ask_json(
     max_repairs: int = 2,
     concurrency: int = 8,
     check: Callable[[T], str | None] | None = None,
+    check_each: Sequence[Callable[[T], str | None]] | None = None,
     show_progress: bool = True,
     stats: AskStats | None = None,
     max_echo_chars: int = 2000,
 ) -> list[T | None]:
     """One reply of shape ``type`` per conversation (None where every repair failed).
 
-    A reply that holds no valid JSON, or that ``check`` rejects (it returns the problem), is
+    A reply that holds no valid JSON, or that ``check`` (or the conversation's own entry of
+    ``check_each``, one per conversation) rejects (it returns the problem), is
     sent back with the problem named and a request to answer again, up to ``max_repairs``
     times. Every request goes through the teacher's cache, repairs included, so a rerun
     replays the same conversation without calling the teacher.
@@ -78,6 +80,8 @@ def ask_json(
             try:
                 value = parse_json(reply.text, type)
                 problem = check(value) if check else None
+                if problem is None and check_each is not None:
+                    problem = check_each[i](value)
             except MalformedReplyError as exc:
                 problem = str(exc).split(";")[0]
             if problem is None:

@@ -22,7 +22,7 @@ from pld.errors import RunInterrupted
 
 __all__ = ["app", "cluster", "distill"]
 
-Calibration = Literal["none", "contextual"]  # pipeline.Settings.calibration
+Calibration = Literal["none", "contextual", "auto"]  # pipeline.Settings.calibration
 
 INTERRUPTED = (
     "interrupted; finished work is kept (teacher replies are cached): run the same command "
@@ -106,8 +106,12 @@ def distill(
         int, typer.Option(help="Most system-prompt tokens; lowest-support rules are pruned first.")
     ] = 4096,
     calibration: Annotated[
-        Calibration, typer.Option(help="Student calibration in the bundle.")
-    ] = "none",
+        Calibration,
+        typer.Option(
+            help="Student calibration in the bundle; 'auto' measures none and contextual on dev "
+            "for this student and keeps the better."
+        ),
+    ] = "auto",
     text_field: Annotated[str, typer.Option(help="Input text column.")] = "text",
     label_field: Annotated[str, typer.Option(help="Gold label column.")] = "label",
     concurrency: Annotated[int, typer.Option(help="Parallel teacher requests.")] = 8,

@@ -8,7 +8,8 @@ Knows nothing about clustering or the student.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,6 +59,31 @@ def _check(reply: Extraction) -> str | None:
     return None
 
 
+def answer_of(text: str, labels: Sequence[str]) -> str | None:
+    """The label a rule leads to: the one it names last, as a whole word (a label inside a
+    longer one, "stereotype" in "anti-stereotype", is not counted); None if it names none."""
+    spans: list[tuple[int, str]] = []
+    masked = text.lower()
+    for name in sorted(labels, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])")
+        for m in pattern.finditer(masked):
+            spans.append((m.start(), name))
+        masked = pattern.sub(lambda m: " " * len(m.group()), masked)
+    return max(spans)[1] if spans else None
+
+
+def _leads_to(label: str, labels: Sequence[str]) -> Callable[[Extraction], str | None]:
+    """A check that the rule leads to the gold label: the teacher was shown the answer, so a
+    rule that ends on another label has lost what the teacher knew."""
+
+    def check(reply: Extraction) -> str | None:
+        if answer_of(reply.rule, labels) != label:
+            return f'the rule must lead to the correct label: end it with "answer {label}."'
+        return None
+
+    return check
+
+
 def extract_rules(
     teacher: Teacher,
     task: Task,
@@ -87,6 +113,7 @@ def extract_rules(
     replies = ask_json(
         teacher, conversations, Extraction, label="extracting rules", check=_check,
         concurrency=concurrency, max_repairs=max_repairs, stats=stats, show_progress=show_progress,
+        check_each=[_leads_to(ex.label, [x.name for x in task.labels]) for ex in examples],
     )  # fmt: skip
     return [
         ExtractedRule(

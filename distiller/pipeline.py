@@ -80,7 +80,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_rules: int = 40
     prompt_budget: int = 4096
     max_repairs: int = 2
-    calibration: Literal["none", "contextual"] = "none"
+    # "auto": with and without contextual calibration, the better on dev (for this student)
+    calibration: Literal["none", "contextual", "auto"] = "auto"
     text_field: str = "text"
     label_field: str = "label"
 
@@ -150,7 +151,8 @@ def distill(
         provenance = _provenance(run, data, train, dev, rules, clustered, outcome,
                                  {k: _describe(backends.get(v), v, k) for k, v in specs.items()})  # fmt: skip
         bundle = runner.bundle(data.task, outcome.final, provenance=provenance,
-                               metrics=_metrics(outcome))  # fmt: skip
+                               metrics=_metrics(outcome),
+                               calibration=outcome.score.calibration)  # fmt: skip
         prompt_tokens = runner.count_tokens(bundle.system_prompt)
     unchanged = _write(bundle, Path(out))
     return _result(run, str(out), rules, clustered, outcome, prompt_tokens, unchanged)
@@ -278,7 +280,8 @@ def _refine(
     zero = runner.evaluate(task, [], data.dev, label="student zero-shot on dev", show_progress=show)
     first = runner.evaluate(task, instructions, data.dev, label="student with rules on dev",
                             show_progress=show)  # fmt: skip
-    say(f"dev Macro-F1: zero-shot {zero.macro_f1:.3f}, consolidated rules {first.macro_f1:.3f}")
+    say(f"dev Macro-F1: zero-shot {zero.macro_f1:.3f} ({zero.calibration} calibration), "
+        f"consolidated rules {first.macro_f1:.3f} ({first.calibration})")  # fmt: skip
     final, final_score, rounds = conflict_loop(
         synthesis, runner, task, instructions, data.loop, data.dev, dev_score=first,
         max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
@@ -297,6 +300,10 @@ def _refine(
         pruned += more
         final_score = runner.evaluate(task, final, data.dev, label="student on dev after pruning",
                                       show_progress=show)  # fmt: skip
+    if (c := final_score.choice) is not None:
+        tried = ", ".join(f"{k} {v:.3f}" for k, v in c.macro_f1.items())
+        say(f"calibration for {c.model} with the final rules: {final_score.calibration} "
+            f"(dev Macro-F1 {tried}{'' if s.calibration == 'auto' else '; set by --calibration'})")  # fmt: skip
     if final_score.macro_f1 < zero.macro_f1:
         say(f"warning: with its rules the student scores below zero-shot on dev (Macro-F1 "
             f"{final_score.macro_f1:.3f} < {zero.macro_f1:.3f}); the rules mislead this student: "
@@ -353,9 +360,20 @@ def _provenance(
             "median_distance": round(clustered.spread, 4),
             **msgspec.to_builtins(clustered.dbscan),  # eps, min_samples, where each came from
         },
+        "calibration": _calibration(outcome.score),
         "pruned": [x.text for x in outcome.pruned],
         "rounds": [msgspec.to_builtins(r) for r in outcome.rounds],
     }
+
+
+def _calibration(final: Scored) -> dict[str, Any]:
+    """The calibration the bundle uses, the model it was chosen on, and what each one scored."""
+    c = final.choice
+    if c is None:
+        return {"choice": final.calibration}
+    return {"choice": final.calibration, "model": c.model, "sha256": c.sha256, "split": "dev",
+            "n": c.n, "macro_f1": {k: round(v, 6) for k, v in c.macro_f1.items()},
+            "accuracy": {k: round(v, 6) for k, v in c.accuracy.items()}}  # fmt: skip
 
 
 def _dataset(path: str | Path, records: list[Example], used: list[Example]) -> dict[str, Any]:

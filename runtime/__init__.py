@@ -17,6 +17,7 @@ from .bundle import (
     render_system_prompt,
     save_bundle,
 )
+from .calibration import CalibrationChoice, apply_prior, calibration_applies, choose_calibration
 from .classifier import Classifier, Prediction, Timings
 from .model import Model
 from .options import ClassifierOptions
@@ -25,6 +26,7 @@ from .store import device_bundle_path, resolve_bundle_path, shipped_bundles
 
 __all__ = [
     "Bundle",
+    "CalibrationChoice",
     "Classifier",
     "ClassifierOptions",
     "Instruction",
@@ -37,6 +39,9 @@ __all__ = [
     "Student",
     "Task",
     "Timings",
+    "apply_prior",
+    "calibration_applies",
+    "choose_calibration",
     "device_bundle_path",
     "load_bundle",
     "read_records",

@@ -25,6 +25,7 @@ from pld.paths import prefix_states_dir
 
 from .batch import label_room
 from .bundle import Bundle, load_bundle
+from .calibration import apply_prior, calibration_applies
 from .engine import Engine, gpu_backend
 from .model import Model
 from .options import DEVICE_STATES_KEPT, ClassifierOptions
@@ -127,8 +128,10 @@ class Classifier:
         lanes = 1 if label_room(self.label_tokens) == 0 else len(self.labels)
         config = dataclasses.replace(opts.engine_config(), n_gpu_layers=model.n_gpu_layers)
         self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
-        wanted = opts.calibrate
-        self.calibrated = bundle.runtime.calibration == "contextual" if wanted is None else wanted
+        applies, note = calibration_applies(bundle, model.resolved)
+        self.calibrated = applies if opts.calibrate is None else opts.calibrate
+        # why the bundle's recorded calibration is not used with this model, if it is not
+        self.calibration_note = note if opts.calibrate is None else None
         self._cf: npt.NDArray[np.float64] | None = None
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
@@ -247,6 +250,11 @@ class Classifier:
                 header["calibration"] = {"key": cf_key, "probs": self._cf.tolist()}
             store.save(key, header, self.engine.prefix_state())
 
+    def content_free_prior(self) -> npt.NDArray[np.float64]:
+        """The mean label distribution on the bundle's content-free inputs, in label order:
+        the prior contextual calibration divides out (computed whether or not it is used)."""
+        return self._cf if self._cf is not None else self._content_free()
+
     def _content_free(self) -> npt.NDArray[np.float64]:
         """Mean label distribution on content-free inputs: the prior to divide out."""
         inputs = self.bundle.runtime.content_free_inputs
@@ -302,8 +310,7 @@ class Classifier:
     ) -> Prediction:
         p = self._normalize(logp)
         if self._cf is not None:
-            p = p / self._cf
-            p = p / p.sum()
+            p = apply_prior(p, self._cf)
         best = int(np.argmax(p))
         return Prediction(
             label=self.labels[best],

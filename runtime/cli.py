@@ -112,6 +112,8 @@ def classify(
         clf = Classifier.open(task, options, model=model, device_dir=device_dir)
     else:
         clf = Classifier.open(bundle or "stereoset", options, model=model)
+    if clf.calibration_note:
+        typer.echo(clf.calibration_note, err=True)
     out = sys.stdout.buffer
     try:
         if text is not None:

