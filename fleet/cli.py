@@ -138,13 +138,19 @@ def verify(
     pubkey: Annotated[
         list[Path], typer.Option("--pubkey", help="Trusted public key (signing.pub); repeatable.")
     ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Require the signature to be for this bundle.")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Require this bundle version.")
+    ] = None,
 ) -> None:
     """Check BUNDLE.sig against trusted public keys; exit non-zero unless it verifies."""
     require_fleet_extra()
     from .detached import verify_bundle
     from .keys import PublicKey
 
-    keyid = verify_bundle(bundle, [PublicKey.load(p) for p in pubkey])
+    keyid = verify_bundle(bundle, [PublicKey.load(p) for p in pubkey], name=name, version=version)
     typer.echo(f"ok: {bundle} is signed by trusted key {keyid}")
 
 

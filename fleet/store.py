@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pld.errors import DeadlineError, StoreError
+from pld.errors import ConfigError, DeadlineError, StoreError
 from pld.files import atomic_write
 
 __all__ = ["Deadlines", "Store"]
@@ -33,7 +33,7 @@ class Deadlines:
     ) -> None:
         for name, value in (("--request-timeout", request_s), ("--pull-timeout", pull_s)):
             if not value > 0:
-                raise StoreError(f"{name} is {value:g}; give seconds above 0")
+                raise ConfigError(f"{name} is {value:g}; give seconds above 0")
         self.request_s, self.pull_s = request_s, pull_s
         self.start = time.monotonic()
         self.binding = "request"  # which deadline limits the request in flight

@@ -17,7 +17,7 @@ import msgspec
 
 from pld.errors import DataError
 
-__all__ = ["atomic_write", "atomic_writer", "read_jsonl"]
+__all__ = ["atomic_write", "atomic_writer", "fsync_dir", "read_jsonl"]
 
 
 @contextlib.contextmanager
@@ -25,7 +25,8 @@ def atomic_writer(path: str | os.PathLike[str], *, fsync: bool = False) -> Itera
     """Yield a binary file that replaces ``path`` atomically when the block ends without error.
 
     The temporary file (``.NAME.RANDOM.tmp`` beside the target, created with the usual umask)
-    is removed on any error, Ctrl-C included; ``fsync`` flushes it to disk before the rename.
+    is removed on any error, Ctrl-C included; ``fsync`` flushes it to disk before the rename
+    and the directory after it, so the new file (not only its bytes) survives a power cut.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,10 +39,21 @@ def atomic_writer(path: str | os.PathLike[str], *, fsync: bool = False) -> Itera
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
+        if fsync:
+            fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:

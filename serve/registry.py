@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from pld.errors import BundleError
 from pld.runtime import Bundle, Classifier, ClassifierOptions, Model
 from pld.runtime.bundle import parse_bundle
@@ -38,6 +40,7 @@ class Wanted:
     path: Path
     model: str | None = None  # None: the bundle's student
     allow_model_mismatch: bool = False
+    sha256: str | None = None  # what the device's manifest says the file's bytes hash to
 
 
 class Source:
@@ -77,10 +80,24 @@ class DeviceSource(Source):
                 f"device directory {self.root} has no active bundle; run 'pld device pull "
                 f"--from SRC --device-dir {self.root} --trusted-key KEY' first"
             ) from None
+        try:
+            manifest = msgspec.json.decode((generation / "manifest.json").read_bytes())
+            recorded = {t: e["sha256"] for t, e in manifest["tasks"].items()}
+        except (OSError, msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(
+                f"the active generation {generation} of {self.root} has no readable "
+                f"manifest.json ({exc}); run 'pld device pull' again"
+            ) from None
         out = {}
         for path in sorted(generation.glob(f"*{_SUFFIX}")):
+            task = path.name[: -len(_SUFFIX)]
+            if not isinstance(recorded.get(task), str):
+                raise BundleError(
+                    f"{path} is not in the manifest of {generation}; the device directory was "
+                    "changed by hand: run 'pld device pull' again"
+                )
             model, allow = device_run_settings(path)
-            out[path.name[: -len(_SUFFIX)]] = Wanted(path, model, allow)
+            out[task] = Wanted(path, model, allow, recorded[task])
         if not out:
             raise BundleError(
                 f"device directory {self.root} has no active task in {generation}; publish a "
@@ -211,6 +228,13 @@ class Registry:
 
     def _open(self, task: str, want: Wanted) -> Generation:
         data = want.path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        if want.sha256 is not None and sha256 != want.sha256:
+            raise BundleError(
+                f"{want.path} has sha256 {sha256}, but the device's manifest says "
+                f"{want.sha256}: the active file was changed after it was verified; refusing "
+                "to serve it (run 'pld device pull' again, or 'pld device rollback')"
+            )
         bundle = parse_bundle(data, source=str(want.path))
         model = self._model(want.model or bundle.student.model)
         t0 = time.perf_counter()  # the bundle's own cost: context, prime or restore
@@ -234,7 +258,7 @@ class Registry:
             task=task,
             bundle=bundle,
             path=want.path,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
             classifier=clf,
             load_ms=ms,
             restored=clf.restore_ms is not None,

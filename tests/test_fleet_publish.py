@@ -71,32 +71,43 @@ def test_sign_and_verify_bundle(tmp_path: Path) -> None:
     path.write_bytes(shipped_bundles()["logiqa"].read_bytes())
     sig = sign_bundle(path, A)
     assert sig == tmp_path / "b.pld.json.sig"
-    assert set(json.loads(sig.read_text())) == {"keyid", "sig", "digest"}
+    assert set(json.loads(sig.read_text())) == {"payload", "signatures"}
+    statement = json.loads(verify_document(sig.read_bytes(), trusted(A)))
+    assert (statement["name"], statement["version"]) == ("logiqa", "0.1.0")
+    assert statement["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert verify_bundle(path, [B.public, A.public]) == A.keyid
+    assert verify_bundle(path, [A.public], name="logiqa", version="0.1.0") == A.keyid
+    with pytest.raises(SignatureError, match="not the logiqa 0.2.0 asked for"):
+        verify_bundle(path, [A.public], version="0.2.0")
 
-    # another layout of the same content keeps the signature valid
-    path.write_text(json.dumps(json.loads(path.read_text()), indent=1, sort_keys=True))
-    assert verify_bundle(path, [A.public]) == A.keyid
-
-    with pytest.raises(SignatureError, match=f"signed by key {A.keyid}, which is not trusted"):
+    with pytest.raises(SignatureError, match=f"signed by untrusted key {A.keyid}"):
         verify_bundle(path, [B.public])
 
+    # the exact bytes are signed: even another layout of the same content is a changed file
     original = path.read_bytes()
+    path.write_text(json.dumps(json.loads(original), indent=1, sort_keys=True))
+    with pytest.raises(SignatureError, match="changed after it was signed"):
+        verify_bundle(path, [A.public])
     path.write_bytes(original.replace(b'"created_at": "', b'"created_at": "1'))
     with pytest.raises(SignatureError, match="changed after it was signed"):
         verify_bundle(path, [A.public])
-    # a valid, re-saved bundle with other content is as refused as a hand edit
-    path.write_bytes(variant(tmp_path, "logiqa", "9.9.9").read_bytes())
-    with pytest.raises(SignatureError, match="tampered"):
-        verify_bundle(path, [A.public])
+    # an older signed file with its own .sig, swapped in, verifies as what it is, no more
+    old = variant(tmp_path, "logiqa", "0.0.9")
+    sign_bundle(old, A)
+    assert verify_bundle(old, [A.public]) == A.keyid
+    with pytest.raises(SignatureError, match="not the logiqa 0.1.0 asked for"):
+        verify_bundle(old, [A.public], version="0.1.0")
 
     path.write_bytes(original)
     forged = json.loads(sig.read_text())
-    forged["sig"] = json.loads(sign_bundle(variant(tmp_path, "logiqa", "2.0.0"), A).read_text())[
-        "sig"
-    ]
+    forged["signatures"] = json.loads(
+        sign_bundle(variant(tmp_path, "logiqa", "2.0.0"), A).read_text()
+    )["signatures"]
     sig.write_text(json.dumps(forged))
     with pytest.raises(SignatureError, match="bad signature"):
+        verify_bundle(path, [A.public])
+    sig.write_text(json.dumps({"keyid": A.keyid, "sig": "AA==", "digest": "x"}))
+    with pytest.raises(SignatureError, match="old-style signature"):
         verify_bundle(path, [A.public])
 
     sig.unlink()

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import hashlib
 import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from pld.errors import FleetError, PldError, RejectedError
+from pld.errors import DeadlineError, FleetError, PldError, RejectedError
 from pld.fleet import DeviceDir, publish, pull, rotate_keys, status
+from pld.fleet.device import ActiveEntry, ChannelState, Manifest, TrustedKeySet, TrustedState
 from pld.fleet.index import ChannelIndex, IndexEntry, KeyRole, KeySet, check_index
 from pld.fleet.keys import SigningKey
 from pld.fleet.signed import sign_document
 from pld.fleet.store import Store
-from pld.runtime import shipped_bundles
+from pld.runtime import load_bundle, save_bundle, shipped_bundles
 
 NOW = dt.datetime.now(dt.UTC)
 A, C = SigningKey.generate(), SigningKey.generate()  # a single key; an attacker's
@@ -288,3 +295,139 @@ def test_the_role_separated_flow_from_the_cli(tmp_path: Path) -> None:
     out = run(app, [*publish_args, *pubs, "--no-carry"])
     assert out.exit_code == 0, out.output
     assert run(app, ["keys", "generate", "--out", str(k / "x"), "--role", "boss"]).exit_code != 0
+
+
+# ---- 3. a store that stalls fails the pull within its deadline, and frees the lock -----------
+
+
+def hand_device(d: Path) -> dict[str, bytes]:
+    """A device directory running stereoset 0.1.0 (index v1), laid out without priming;
+    returns what a refused pull must leave byte-identical."""
+    data = shipped_bundles()["stereoset"].read_bytes()
+    sha, dev = hashlib.sha256(data).hexdigest(), DeviceDir(d)
+    d.mkdir()
+    (d / "staged").write_bytes(data)
+    dev.add_object(d / "staged", sha)
+    state = ChannelState(version=1, sha256="0" * 64)
+    entry = ActiveEntry(name="stereoset", version="0.1.0", sha256=sha, length=len(data),
+                        channel="stable", index_version=1, student_model="gemma-3-270m",
+                        activated_at=NOW.isoformat())  # fmt: skip
+    dev.activate(Manifest(generation=1, reason="pull", channel="stable", index_version=1,
+                          activated_at=NOW.isoformat(), tasks={"stereoset": entry},
+                          channels={"stable": state}))  # fmt: skip
+    keys = TrustedKeySet(version=0, threshold=1, keys={A.keyid: A.public.text()})
+    dev.write_trusted(TrustedState(keyset=keys, channels={"stable": state}))
+    return {**{p.name: p.read_bytes() for p in (d / "current").iterdir()},
+            "trusted.json": (d / "trusted.json").read_bytes()}  # fmt: skip
+
+
+@pytest.fixture
+def stalling(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 offering stereoset 0.2.0 in index v2, whose bundle
+    requests ``mode[0]``: "stall" (headers, then nothing) or "drip" (a byte every 0.2 s)."""
+    www, mode = tmp_path / "www", ["stall"]
+    new = load_bundle(shipped_bundles()["stereoset"])
+    data = save_bundle(msgspec.structs.replace(new, version="0.2.0"), tmp_path / "new.pld.json")
+    raw = data.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    (www / "bundles").mkdir(parents=True)
+    (www / f"bundles/{sha}.pld.json").write_bytes(raw)
+    entry = IndexEntry(file=f"bundles/{sha}.pld.json", name="stereoset", version="0.2.0",
+                       length=len(raw), sha256=sha, student_model=new.student.model,
+                       student_sha256=new.student.sha256)  # fmt: skip
+    (www / "channels/stable").mkdir(parents=True)
+    (www / "channels/stable/index.json").write_bytes(index(2, A, tasks={"stereoset": entry}))
+    stop = threading.Event()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if not self.path.startswith("/bundles/"):
+                return super().do_GET()
+            self.send_response(200)
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(raw)):
+                if stop.wait(0.2 if mode[0] == "drip" else 30):
+                    return
+                try:
+                    self.wfile.write(raw[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(www)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", mode
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "limits", "named"),
+    [
+        ("stall", {"request_timeout": 1.0, "pull_timeout": 60.0}, "--request-timeout"),
+        ("drip", {"request_timeout": 60.0, "pull_timeout": 1.5}, "--pull-timeout"),
+    ],
+)
+def test_a_stalling_store_fails_the_pull_within_its_deadline(
+    tmp_path: Path, stalling, mode: str, limits: dict[str, float], named: str
+) -> None:
+    url, server_mode = stalling
+    server_mode[0] = mode
+    d = tmp_path / "dev"
+    before = hand_device(d)
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineError, match=named) as err:
+        pull(url, d, **limits)  # type: ignore[arg-type]
+    spent = time.monotonic() - t0
+    assert spent < min(limits.values()) + 3, spent
+    assert "bundles/" in str(err.value) and "untouched" in str(err.value)
+    after = {p.name: p.read_bytes() for p in (d / "current").iterdir()}
+    assert after | {"trusted.json": (d / "trusted.json").read_bytes()} == before
+    assert status(d).tasks[0].version == "0.1.0"
+    assert not (d / "staging").exists()
+    with DeviceDir(d).lock("pull"):  # released: a second pull could start at once
+        pass
+
+
+# ---- 5. small ones: the lock file, durable writes -------------------------------------------
+
+
+def test_the_lock_never_follows_a_symlink(tmp_path: Path) -> None:
+    d, victim = tmp_path / "dev", tmp_path / "victim"
+    d.mkdir()
+    victim.write_bytes(b"precious")
+    (d / "lock").symlink_to(victim)
+    with pytest.raises(FleetError, match="is a symbolic link"):
+        with DeviceDir(d).lock("pull"):
+            pass
+    assert victim.read_bytes() == b"precious"
+
+
+def test_trusted_state_and_key_sets_are_written_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is fsynced after the rename: the new file survives a power cut."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    keys = TrustedKeySet(version=0, threshold=1, keys={A.keyid: A.public.text()})
+    DeviceDir(tmp_path / "dev").write_trusted(TrustedState(keyset=keys))
+    assert synced == ["file", "dir"]
+    synced.clear()
+    rotate_keys(tmp_path / "pub", current_keys=[A], new_keys=[C])  # keys-1.json and keys.json
+    assert synced == ["file", "dir", "file", "dir"]

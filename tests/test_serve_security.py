@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,3 +145,29 @@ def test_a_slow_request_head_is_cut_off() -> None:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_an_active_file_changed_after_its_pull_is_not_served(tmp_path: Path) -> None:
+    from test_fleet_security import hand_device
+
+    from pld.errors import BundleError
+    from pld.serve.registry import DeviceSource
+
+    d = tmp_path / "dev"
+    hand_device(d)
+    source = DeviceSource(d)
+    want = source.wanted()["stereoset"]
+    assert want.sha256 == status_sha(d)
+    active = d / "current" / "stereoset.pld.json"
+    active.chmod(0o644)
+    active.write_bytes(active.read_bytes().replace(b'"version": "0.1.0"', b'"version": "6.6.6"'))
+    registry = Registry(source, ClassifierOptions())
+    with pytest.raises(BundleError, match="changed after it was verified"):
+        registry._open("stereoset", source.wanted()["stereoset"])  # before any model loads
+    assert registry.models == {}
+
+
+def status_sha(d: Path) -> str:
+    from pld.fleet import status
+
+    return status(d).tasks[0].sha256
