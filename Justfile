@@ -15,8 +15,8 @@ lint:
     .venv/bin/python scripts/check.py
 
 fix:
-    .venv/bin/ruff check --fix runtime models bench distiller fleet serve pld scripts tests
-    .venv/bin/ruff format runtime models bench distiller fleet serve pld scripts tests
+    .venv/bin/ruff check --fix runtime models bench evals distiller fleet serve pld scripts tests
+    .venv/bin/ruff format runtime models bench evals distiller fleet serve pld scripts tests
 
 # rewrite the committed data fixtures from ../shared/data
 fixtures:

@@ -1,36 +1,25 @@
-"""pld.bench: latency and accuracy benchmarks over the runtime, printing a table then one JSON line.
+"""pld.bench: speed benchmarks over the runtime and the server, printing a table then one JSON line.
 
-``evaluate`` (``pld eval``) scores a bundle or a baseline on a labelled split; ``audit`` (``pld
-bundle audit``) measures each rule's effect by leaving it out; ``run_latency`` (``pld bench
-latency``) times the runtime's modes; ``run_scaling`` (``pld bench scaling``) draws its scaling
-curves. Importing this package does no work.
+``run_latency`` (``pld bench latency``) times the runtime's modes; ``run_compare`` (``pld bench
+compare``) runs pld side by side with ``create_chat_completion`` and llama.cpp's server;
+``run_scaling`` (``pld bench scaling``) draws latency against prompt length, input length and
+batch size; ``load_serve`` is the server's load test (``python -m pld.bench.load_serve``) and
+``micro/`` holds the pytest-benchmark suites. ``default_bundle`` and ``default_inputs`` are what
+every benchmark runs on. Accuracy lives in ``pld.evals``. Importing this package does no work.
 """
 
-from .ablation import AuditResult, Effect, audit, format_audit, rule_groups, with_rule_effects
-from .baseline import Baseline, baseline_prompt, draw_examples, parse_baseline
-from .evaluate import EvalResult, evaluate, format_report
+from .compare import format_compare, run_compare
 from .latency import default_bundle, default_inputs, format_latency, run_latency
 from .scaling import ScalingConfig, format_scaling, run_scaling
 
 __all__ = [
-    "AuditResult",
-    "Baseline",
-    "Effect",
-    "EvalResult",
     "ScalingConfig",
-    "audit",
-    "baseline_prompt",
     "default_bundle",
     "default_inputs",
-    "draw_examples",
-    "evaluate",
-    "format_audit",
+    "format_compare",
     "format_latency",
-    "format_report",
     "format_scaling",
-    "parse_baseline",
-    "rule_groups",
+    "run_compare",
     "run_latency",
     "run_scaling",
-    "with_rule_effects",
 ]

@@ -13,6 +13,7 @@ import typer
 from pld.bench import cli as bench_cli
 from pld.distiller import cli as distiller_cli
 from pld.errors import PldError, RunInterrupted
+from pld.evals import cli as evals_cli
 from pld.fleet import cli as fleet_cli
 from pld.fleet import device_cli
 from pld.models import cli as models_cli
@@ -29,8 +30,8 @@ app = typer.Typer(
 app.command("classify")(runtime_cli.classify)
 app.command("demo")(runtime_cli.demo)
 app.command("serve")(serve_cli.serve)
-app.command("eval")(bench_cli.evaluate)
-app.command("report")(bench_cli.report)
+app.command("eval")(evals_cli.evaluate)
+app.command("report")(evals_cli.report)
 app.add_typer(distiller_cli.app, name="distill")
 app.add_typer(runtime_cli.bundle_app, name="bundle")
 app.add_typer(models_cli.app, name="models")
@@ -40,7 +41,7 @@ app.add_typer(bench_cli.bench_app, name="bench")
 runtime_cli.bundle_app.command("sign")(fleet_cli.sign)
 runtime_cli.bundle_app.command("verify")(fleet_cli.verify)
 runtime_cli.bundle_app.command("publish")(fleet_cli.publish)
-runtime_cli.bundle_app.command("audit")(bench_cli.audit)
+runtime_cli.bundle_app.command("audit")(evals_cli.audit)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT / "build" / "typecheck"
-LINTED = ["runtime", "models", "bench", "distiller", "fleet", "serve", "pld", "scripts", "tests"]
+LINTED = "runtime models bench evals distiller fleet serve pld scripts tests".split()
 
 
 def mirror() -> Path:

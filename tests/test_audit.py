@@ -16,8 +16,8 @@ import pytest
 from conftest import data_file, records
 from typer.testing import CliRunner
 
-from pld.bench import ablation
 from pld.errors import ConfigError
+from pld.evals import ablation
 from pld.metrics import macro_f1, macro_f1_resampled, score
 from pld.runtime import (
     Bundle,
@@ -195,13 +195,13 @@ def test_rule_groups() -> None:
 
 @pytest.mark.model
 def test_cli_audit_write_and_show(tmp_path: Path) -> None:
-    from pld.bench import cli as bench_cli
     from pld.cli import app
+    from pld.evals import cli as evals_cli
     from pld.runtime import cli as runtime_cli
 
     # pld/cli.py registers the command on the bundle group; register it here if it does not yet
     if "audit" not in {c.name for c in runtime_cli.bundle_app.registered_commands}:
-        runtime_cli.bundle_app.command("audit")(bench_cli.audit)
+        runtime_cli.bundle_app.command("audit")(evals_cli.audit)
     path = save_bundle(_bundle(), tmp_path / "b.pld.json")
     assert json.loads(path.read_text())["schema_version"] == 1
     args = ["bundle", "audit", str(path), "--data", str(data_file("stereoset")), "--limit", "6"]

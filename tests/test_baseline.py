@@ -11,9 +11,9 @@ import pytest
 from conftest import data_file, records
 from typer.testing import CliRunner
 
-from pld.bench.baseline import Baseline, baseline_prompt, draw_examples, parse_baseline
 from pld.cli import app
 from pld.errors import BaselineError, DataError
+from pld.evals.baseline import Baseline, baseline_prompt, draw_examples, parse_baseline
 from pld.runtime import (
     Bundle,
     Classifier,

@@ -73,7 +73,7 @@ def test_another_model_runs_a_bundle_uncalibrated_unless_told() -> None:
 
 @pytest.mark.model
 def test_eval_decides_calibration_on_a_separate_split(tmp_path) -> None:
-    from pld.bench.evaluate import evaluate
+    from pld.evals.evaluate import evaluate
 
     lines = data_file("stereoset").read_text(encoding="utf-8").splitlines()
     decide, data = tmp_path / "decide.jsonl", tmp_path / "data.jsonl"

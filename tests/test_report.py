@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, data_file, pld_process, records
 from typer.testing import CliRunner
 
-from pld.bench.evaluate import EvalResult, evaluate
 from pld.cli import app
+from pld.evals.evaluate import EvalResult, evaluate
 from pld.runtime import (
     Bundle,
     ClassifierOptions,

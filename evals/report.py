@@ -3,8 +3,8 @@
 Classifies a labelled split with a bundle and with each baseline (``baseline.py``) through
 ``evaluate.py`` (so the numbers agree with `pld eval`), compares the bundle with each baseline
 (paired bootstrap), and gathers rules with provenance, latency per request and the inputs the
-bundle gets wrong; ``report_html.py`` renders the page. Knows the runtime and the bench helpers,
-nothing of the distiller.
+bundle gets wrong into a ``ReportResult`` (``report_types.py``); ``report_html.py`` renders the
+page. Knows the runtime and the evaluation helpers, nothing of the distiller.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import datetime as dt
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from pld.errors import ConfigError, DataError
-from pld.metrics import Report, paired_bootstrap_delta, percentile
+from pld.metrics import paired_bootstrap_delta, percentile
 from pld.runtime import (
     Bundle,
     ClassifierOptions,
@@ -31,107 +30,16 @@ from pld.text import clip
 
 from .baseline import EXAMPLE_CHARS, baseline_prompt, parse_baseline
 from .evaluate import N_BOOT, Evaluation, evaluate_with_predictions
-from .report_html import ERROR_CHARS, render_html
+from .report_html import render_html
+from .report_types import ERROR_CHARS, Comparison, Error, Latency, ReportResult, Rule, System
 
 __all__ = [
     "ReportResult",
     "build_report",
     "format_summary",
     "json_path_for",
-    "render_html",
     "write_report",
 ]
-
-
-class Latency(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-request time from the classifier's Timings (batched requests: their share)."""
-
-    requests: int
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    mean_input_tokens: float
-    prompt_tokens: int  # the system prompt's prefix, decoded once
-    prime_ms: float | None  # None: the prefix state was restored from the cache
-    restore_ms: float | None
-
-
-class System(msgspec.Struct, frozen=True, kw_only=True):
-    """One system's scores on the split: the bundle (``name`` "bundle") or a baseline spec."""
-
-    name: str
-    n: int
-    accuracy: float
-    accuracy_ci: tuple[float, float]
-    macro_f1: float
-    macro_f1_ci: tuple[float, float]
-    calibrated: bool
-    report: Report
-    latency: Latency
-    predictions: list[str]  # one label per record, in the data's order
-    probs: list[list[float]]  # per record, every label's probability in ``report.labels`` order
-
-
-class Comparison(msgspec.Struct, frozen=True, kw_only=True):
-    """The bundle minus one baseline, with 95% paired bootstrap intervals (same resamples)."""
-
-    baseline: str
-    delta_macro_f1: float
-    delta_macro_f1_ci: tuple[float, float]
-    delta_accuracy: float
-    delta_accuracy_ci: tuple[float, float]
-
-
-class Rule(msgspec.Struct, frozen=True, kw_only=True):
-    """A numbered rule of the bundle with its provenance (and measured effect, if stored)."""
-
-    index: int
-    id: str
-    text: str
-    support: int
-    cluster: int | None
-    round: int
-    effect: dict[str, Any] | None = None
-
-
-class Error(msgspec.Struct, frozen=True, kw_only=True):
-    """An input the bundle got wrong: ``text`` is clipped, ``index`` its 0-based record."""
-
-    index: int
-    id: str
-    text: str
-    gold: str
-    predicted: str
-    probability: float
-    gold_probability: float
-
-
-class ReportResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the report shows; ``systems[0]`` is the bundle."""
-
-    bundle: str
-    version: str
-    digest: str | None
-    bundle_file: str
-    task: str
-    labels: dict[str, str]  # name -> definition
-    model: str
-    model_sha256: str
-    data: str
-    split: str
-    n: int
-    limit: int | None
-    systems: list[System]
-    comparisons: list[Comparison]
-    rules: list[Rule]
-    errors: list[Error]
-    provenance: dict[str, Any]
-    n_boot: int
-    seed: int
-    train: str | None
-    batch_size: int
-    generated_at: str
-    wall_s: float
 
 
 def _system(ev: Evaluation) -> System:

@@ -1,24 +1,20 @@
 """The page of `pld report`: ``ReportResult`` rendered as one self-contained HTML document
 (inline CSS, confusion matrices as inline SVG, no scripts, nothing fetched). Every text that came
-from input data or the bundle is escaped. Knows the report's structs (``report.py``), nothing of
-how their numbers were measured.
+from input data or the bundle is escaped. Knows the report's structs (``report_types.py``),
+nothing of how their numbers were measured.
 """
 
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pld.metrics import Report
 
-if TYPE_CHECKING:
-    from .report import Comparison, ReportResult
+from .report_types import ERROR_CHARS, Comparison, ReportResult
 
-__all__ = ["ERROR_CHARS", "confusion_svg", "render_html"]
-
-ERROR_CHARS = 360  # an input in the errors table: its start and its end (the question)
+__all__ = ["confusion_svg", "render_html"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1a1a1a;
