@@ -9,7 +9,8 @@ every benchmark runs on. Accuracy lives in ``pld.evals``. Importing this package
 """
 
 from .compare import format_compare, run_compare
-from .latency import default_bundle, default_inputs, format_latency, run_latency
+from .inputs import default_bundle, default_inputs
+from .latency import format_latency, run_latency
 from .scaling import ScalingConfig, format_scaling, run_scaling
 
 __all__ = [

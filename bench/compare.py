@@ -29,11 +29,12 @@ import msgspec
 from pld.errors import ConfigError, DataError, PldError
 from pld.metrics import percentile
 from pld.paths import cache_dir
+from pld.proc import peak_rss_mb
 from pld.progress import progress
 from pld.runtime import read_records
 
-from .contenders import CHAT_TEMPLATES, LlamaServer, WorkerSpec, peak_rss_mb
-from .latency import default_bundle, default_inputs
+from .contenders import CHAT_TEMPLATES, LlamaServer, WorkerSpec
+from .inputs import default_bundle, default_inputs
 
 __all__ = ["CONTENDERS", "default_server_bin", "format_compare", "run_compare"]
 
@@ -460,7 +461,7 @@ def _summary(
                 valid_labels=round(
                     sum(v is not None for v in t.labels.values()) / len(t.labels), 3
                 ),
-                peak_rss_mb=t.rss_mb,
+                peak_rss_mb=None if t.rss_mb is None else round(t.rss_mb, 1),
             )
             cached = [r["cache_n"] for r in recs if "cache_n" in r]
             if cached:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import msgspec
 
 from pld.errors import ConfigError, PldError
+from pld.proc import free_port, peak_rss_mb
 
 __all__ = [
     "CHAT_TEMPLATES",
@@ -31,7 +32,6 @@ __all__ = [
     "WorkerSpec",
     "label_grammar",
     "match_label",
-    "peak_rss_mb",
 ]
 
 Kind = Literal["pld", "pld_batched", "chat_completion", "chat_completion_cached"]
@@ -122,18 +122,6 @@ def label_grammar(labels: list[str]) -> str:
     """A GBNF grammar whose only sentences are the labels."""
     quoted = ['"' + lab.replace("\\", "\\\\").replace('"', '\\"') + '"' for lab in labels]
     return "root ::= " + " | ".join(quoted)
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident memory of a process (VmHWM), or None where /proc does not exist."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
 
 
 def user_message(text: str) -> str:
@@ -340,11 +328,7 @@ class LlamaServer:
         slot_dir: Path,
         log_file: Path,
     ) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         args = [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["-c", str(n_ctx), "-np", "1", "-t", str(threads), "-tb", str(threads)]
         args += ["-ngl", str(gpu_layers), "--jinja", "--chat-template-file", str(template_file)]

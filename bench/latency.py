@@ -9,31 +9,22 @@ and nothing of the distiller.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pld.errors import DataError, PldError
 from pld.metrics import percentile
+from pld.proc import peak_rss_mb
 from pld.runtime import Classifier, ClassifierOptions, read_records
 
-__all__ = ["default_bundle", "default_inputs", "format_latency", "run_latency"]
+from .inputs import default_bundle, default_inputs
 
-
-def default_bundle() -> str:
-    """The benchmark bundle: Contract-NLI with about 4,600 tokens of rules."""
-    return str(resources.files("pld.bench.data").joinpath("contractnli-long.pld.json"))
-
-
-def default_inputs() -> str:
-    """The benchmark inputs: the first 64 StereoSet dev records, shipped with pld."""
-    return str(resources.files("pld.bench.data").joinpath("stereoset-dev-64.jsonl"))
+__all__ = ["format_latency", "run_latency"]
 
 
 def _ms(fn: Any, *args: Any) -> tuple[float, Any]:
@@ -147,7 +138,7 @@ def run_latency(
         "restore_ms": round(restore_ms, 1),
         "restore_speedup": round(prime_ms / restore_ms, 1),
         "label_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": backend,
         "n_threads": base.n_threads or None,
         "flash_attn": base.flash_attn,

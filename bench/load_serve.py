@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,12 @@ import httpx
 import msgspec
 import typer
 
+from pld.metrics import percentile
+from pld.proc import free_port, peak_rss_mb
 from pld.progress import progress
 from pld.runtime import load_bundle, save_bundle, shipped_bundles
+
+from .inputs import default_bundle, default_texts
 
 TASKS = ("stereoset", "contractnli", "logiqa")
 BATCHES = (1, 1, 1, 1, 2, 4, 8)  # inputs per request: mostly single, some batches
@@ -55,26 +58,6 @@ def _log(msg: str) -> None:
 
 def _pld() -> str:
     return str(Path(sys.executable).parent / "pld")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _texts() -> list[str]:
-    from importlib import resources
-
-    data = resources.files("pld.bench.data").joinpath("stereoset-dev-64.jsonl").read_text()
-    return [json.loads(line)["text"] for line in data.splitlines() if line.strip()]
-
-
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def _sizes(value: str) -> tuple[int, ...]:
@@ -136,7 +119,7 @@ class Server:
     """`pld serve ARGS` on a free port; ``ready_s``: process start to /readyz 200."""
 
     def __init__(self, *args: str, log_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.err = log_dir / f"serve-{self.port}.err"
         t0 = time.perf_counter()
@@ -180,7 +163,7 @@ class Server:
         return total["sum"], total["count"]
 
     def peak_rss_mb(self) -> float:
-        return _proc_kb(self.proc.pid, "VmHWM") / 1024
+        return peak_rss_mb(self.proc.pid) or 0.0
 
     def stop(self) -> int:
         """SIGTERM (drain, exit); killed if it has not exited after 300 s."""
@@ -193,13 +176,6 @@ class Server:
             return self.proc.wait()
 
 
-def _proc_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 # ---- clients ------------------------------------------------------------------------------------
 
 Request = tuple[str, list[str]]  # (task, inputs)
@@ -209,7 +185,7 @@ def request_stream(
     tasks: Sequence[str], batches: Sequence[int], seed: int = 0
 ) -> Callable[[int], Request]:
     """Request ``i`` of an endless, reproducible stream: a random task and inputs."""
-    texts = _texts()
+    texts = default_texts()
 
     def nth(i: int) -> Request:
         rng = random.Random(f"{seed}:{i}")
@@ -500,8 +476,8 @@ def _row(name: str, group: list[Answer]) -> dict[str, Any]:
         "phase": name,
         "requests": len(group),
         "inputs": sum(a.n for a in group),
-        "p50_ms": round(_pct(lat, 0.5), 1),
-        "p99_ms": round(_pct(lat, 0.99), 1),
+        "p50_ms": round(percentile(lat, 0.5), 1),
+        "p99_ms": round(percentile(lat, 0.99), 1),
         "mean_ms": round(statistics.fmean(lat), 1),
         "inputs_per_s": round(sum(a.n for a in group) / span, 2),
         "versions": dict(sorted(Counter(a.version or "failed" for a in group).items())),
@@ -541,8 +517,6 @@ def run_batching(
     """`pld serve --max-batch 1` against `--max-batch N`: two servers on the same bundles, started
     once; each repeat sends one wave of ``requests`` requests (K clients) to each, in alternating
     order, the same requests to both. Returns the JSON-able result."""
-    from pld.bench.latency import default_bundle
-
     if max_batch < 2:
         raise typer.BadParameter(f"--max-batch {max_batch}: give 2 or more (1 is the baseline)")
     specs = [f"contractnli-long={default_bundle()}"] if long else list(TASKS)
@@ -597,8 +571,8 @@ def run_batching(
                 "batch_window_ms": waits[b],
                 "requests": len(lat[b]),
                 "inputs": inputs[b],
-                "p50_ms": round(_pct(lat[b], 0.5), 1),
-                "p99_ms": round(_pct(lat[b], 0.99), 1),
+                "p50_ms": round(percentile(lat[b], 0.5), 1) if lat[b] else float("nan"),
+                "p99_ms": round(percentile(lat[b], 0.99), 1) if lat[b] else float("nan"),
                 "inputs_per_s": round(inputs[b] / wall[b], 2),
                 "mean_batch": round((stats1[b][0] - stats0[b][0]) / calls, 2) if calls else None,
             }
@@ -669,17 +643,19 @@ def batching(
 
 _SEPARATE = """
 import sys
+from pld.proc import peak_rss_mb
 from pld.runtime import Classifier
 clfs = [Classifier.open(b) for b in sys.argv[1:]]
 for c in clfs:
     c.classify("Target: x\\nContext: y\\nSentence: z")
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")))
+print(peak_rss_mb())
 """
 
 _MODEL_ONLY = """
+from pld.proc import peak_rss_mb
 from pld.runtime import Model
 m = Model.open("gemma-3-270m")
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")))
+print(peak_rss_mb())
 """
 
 
@@ -694,14 +670,14 @@ def rss(counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] =
         names = [f"{t}{'' if i < 3 else '2'}={t}" for i, t in enumerate(TASKS * 2)]
         rows = []
         out = subprocess.run([sys.executable, "-c", _MODEL_ONLY], capture_output=True, text=True)
-        model_mb = int(out.stdout.split()[-1]) / 1024
+        model_mb = float(out.stdout.split()[-1])
         for k in [int(x) for x in counts.split(",")]:
             args = [a for spec in names[:k] for a in ("--bundle", spec)]
             server = Server(*args, log_dir=Path(tmp))
             for spec in names[:k]:
                 httpx.post(
                     f"{server.url}/v1/classify",
-                    json={"task": spec.split("=")[0], "inputs": _texts()[:4]},
+                    json={"task": spec.split("=")[0], "inputs": default_texts()[:4]},
                     timeout=300,
                 )
             served = server.peak_rss_mb()
@@ -716,7 +692,7 @@ def rss(counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] =
                 {
                     "bundles": k,
                     "serve_peak_rss_mb": round(served, 1),
-                    "separate_peak_rss_mb": round(int(sep.stdout.split()[-1]) / 1024, 1),
+                    "separate_peak_rss_mb": round(float(sep.stdout.split()[-1]), 1),
                     "model_only_mb": round(model_mb, 1),
                     "serve_minus_model_mb": round(served - model_mb, 1),
                 }

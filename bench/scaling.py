@@ -38,7 +38,7 @@ from pld.runtime import (
     resolve_bundle_path,
 )
 
-from .latency import default_bundle, default_inputs
+from .inputs import default_bundle, default_inputs
 from .plots import check_matplotlib, plot_sweep
 
 __all__ = [

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from pld.proc import free_port
 
 
 @dataclass
@@ -133,12 +134,6 @@ def teacher_reply(body: dict[str, Any], axes: dict[str, int] = STEREOSET_AXES) -
         reply = {"rules": [{"text": f"Inputs that match the first pattern are {first}.", "based_on": [1]},
                            {"text": f"Inputs that match the second pattern are {second}.", "based_on": []}]}  # fmt: skip
     return Reply(200, chat_body(json.dumps(reply), 40, 20))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -16,6 +15,7 @@ import pytest
 from conftest import data_file, records
 from typer.testing import CliRunner
 
+from pld.bench.inputs import default_bundle
 from pld.errors import ConfigError
 from pld.evals import ablation
 from pld.metrics import macro_f1, macro_f1_resampled, score
@@ -76,7 +76,7 @@ def result() -> ablation.AuditResult:
 def _long_bundle() -> Bundle:
     # ~1,000 tokens: past Gemma-3's 512-token sliding window, where the cut-back cache must
     # still hold every cell of the shared part
-    long = load_bundle(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+    long = load_bundle(default_bundle())
     return Bundle.create(
         name="audit-long",
         task=long.task,

@@ -5,7 +5,6 @@ between requests, restorable from disk and thread-safe. No part of llama.cpp is 
 from __future__ import annotations
 
 import threading
-from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import records
 
+from pld.bench.inputs import default_bundle
 from pld.errors import BundleError, ContextOverflowError, InputError, ModelMismatchError
 from pld.runtime import Classifier, load_bundle, shipped_bundles
 from pld.runtime.bundle import Bundle, Label, Student, Task
@@ -71,7 +71,7 @@ def test_windowed_cache_stays_exact_across_requests(n_batch: int) -> None:
     # could overwrite the prefix's last sliding window: the engine must put it back.
     # The system prompt must outgrow the sliding window (512 + n_batch cells) for cells to be
     # reused at all: take the first 45 rules of the benchmark bundle (~1,500 tokens).
-    long = load_bundle(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+    long = load_bundle(default_bundle())
     b = Bundle.create(
         name="window",
         task=long.task,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from importlib import resources
 from pathlib import Path
 
 import pytest
 from conftest import REPO, records
 from typer.testing import CliRunner
 
+from pld.bench.inputs import default_bundle
 from pld.cli import app
 from pld.errors import ConfigError
 from pld.runtime import Bundle, Classifier, ClassifierOptions, Student, load_bundle
@@ -90,7 +90,7 @@ def test_backend_names_the_gpu_backend_llama_cpp_offloads_to(
 
 
 def _window_bundle(n_rules: int) -> Bundle:
-    long = load_bundle(resources.files("pld.bench").joinpath("data", "contractnli-long.pld.json"))
+    long = load_bundle(default_bundle())
     return Bundle.create(
         name="tuning",
         task=long.task,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pld.bench.latency import default_bundle, default_inputs
+from pld.bench.inputs import default_bundle, default_inputs
 from pld.errors import ConfigError
 from pld.runtime import (
     Bundle,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from pld.bench.latency import default_bundle
+from pld.bench.inputs import default_bundle
 from pld.runtime import load_bundle, resolve_bundle_path, shipped_bundles
 
 # the shipped bundles (about 2 kB each) and the benchmark bundle (about 60 kB, 4,664 tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from pld.bench.latency import default_bundle
+from pld.bench.inputs import default_bundle
 from pld.fleet.detached import sign_bundle, verify_bundle
 from pld.fleet.keys import PublicKey, SigningKey, generate_keys
 from pld.fleet.publisher import publish
