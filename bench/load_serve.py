@@ -1,4 +1,4 @@
-"""Load and swap benchmark of `pld serve` (issue 11), on 127.0.0.1 only.
+"""Load and swap benchmark of `pld serve`, on 127.0.0.1 only.
 
 ``load``: a device directory with the three shipped tasks (signed, pulled), `pld serve` on it,
 K client threads sending a stream of requests (a mix of tasks and batch sizes). A third of the

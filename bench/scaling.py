@@ -1,4 +1,4 @@
-"""Scaling curves (issue 10): how a request's cost moves with the system prompt's length and the
+"""Scaling curves: how a request's cost moves with the system prompt's length and the
 input's length (prefix reuse against full evaluation), how throughput moves with the batch size,
 and how cold start (prime against restore) moves with the prompt's length.
 

@@ -1,8 +1,12 @@
 """pld: Prompt-Level Distillation.
 
 The root package holds what every part shares (the version, errors, file helpers, the cache
-layout, metrics, progress bars) and the CLI entry point; the work lives in ``pld.runtime``,
-``pld.models``, ``pld.distiller`` and ``pld.bench``. Importing it does no work.
+layout, metrics, progress bars, text clipping, process measurements) and the CLI entry point; the
+work lives in ``pld.runtime`` (bundles, engine, classifier), ``pld.models`` (the model
+registry), ``pld.fleet`` (signed updates for devices), ``pld.serve`` (the HTTP server),
+``pld.distiller`` (the offline pipeline), ``pld.evals`` (accuracy, reports, rule audits) and
+``pld.bench`` (speed: latency, side-by-side comparison, scaling, server load). Importing it does
+no work.
 """
 
 from __future__ import annotations

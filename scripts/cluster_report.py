@@ -1,5 +1,5 @@
 """Clustering against a known answer: how well each embedder and DBSCAN setting recovers the
-paraphrase groups of tests/fixtures/rules/paraphrases.tsv (issue 9).
+paraphrase groups of tests/fixtures/rules/paraphrases.tsv.
 
 For the default embedder (wordllama) and the student's states (local:gemma-3-270m), with
 the automatic eps and min_samples, the paper's eps 0.4 with the scaled min_samples, and the
