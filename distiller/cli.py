@@ -112,6 +112,13 @@ def distill(
             "for this student and keeps the better."
         ),
     ] = "auto",
+    vote: Annotated[
+        bool,
+        typer.Option(
+            help="Before clustering, drop the minority of rules whose condition (label names "
+            "masked) also led to another label; a tie drops them all."
+        ),
+    ] = True,
     text_field: Annotated[str, typer.Option(help="Input text column.")] = "text",
     label_field: Annotated[str, typer.Option(help="Gold label column.")] = "label",
     concurrency: Annotated[int, typer.Option(help="Parallel teacher requests.")] = 8,
@@ -152,7 +159,7 @@ def distill(
             max_rounds=rounds, loop_limit=loop_limit, max_failures=loop_failures,
             max_successes=loop_successes, example_chars=example_chars, max_rules=max_rules,
             prompt_budget=prompt_budget, calibration=calibration, text_field=text_field,
-            label_field=label_field,
+            label_field=label_field, vote=vote,
         )  # fmt: skip
         result = run(
             task=task, train=train, dev=dev, teacher=teacher, out=out, synthesis=synthesis,

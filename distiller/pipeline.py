@@ -36,6 +36,7 @@ from pld.distiller.loop import Round, conflict_loop
 from pld.distiller.student import Scored, StudentRunner
 from pld.distiller.teacher import Teacher
 from pld.distiller.templates import prompt_hashes
+from pld.distiller.votes import Conflict, find_conflicts, mask_labels
 from pld.errors import BundleError, DistillError
 from pld.paths import teacher_cache_dir
 from pld.progress import progress
@@ -82,6 +83,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_repairs: int = 2
     # "auto": with and without contextual calibration, the better on dev (for this student)
     calibration: Literal["none", "contextual", "auto"] = "auto"
+    vote: bool = True  # drop the minority where one condition led to several labels
     text_field: str = "text"
     label_field: str = "label"
 
@@ -141,15 +143,17 @@ def distill(
     with contextlib.ExitStack() as stack:
         backends = stack.enter_context(TeacherPool(run.cache, **(teacher_options or {})))
         rules = _extract(run, backends.get(specs["teacher"]), data)
-        clustered = _cluster(run, backends.get(specs["embedder"]), rules)
-        instructions = _consolidate(run, backends.get(specs["synthesis"]), data.task, rules,
+        voted, conflicts = _vote(run, backends.get(specs["embedder"]), data.task, rules)
+        clustered = _cluster(run, backends.get(specs["embedder"]), voted)
+        instructions = _consolidate(run, backends.get(specs["synthesis"]), data.task, voted,
                                     clustered)  # fmt: skip
         runner = stack.enter_context(
             StudentRunner(student, calibration=s.calibration, cache_dir=cache_root / "student")
         )
         outcome = _refine(run, runner, backends.get(specs["synthesis"]), data, instructions)
         provenance = _provenance(run, data, train, dev, rules, clustered, outcome,
-                                 {k: _describe(backends.get(v), v, k) for k, v in specs.items()})  # fmt: skip
+                                 {k: _describe(backends.get(v), v, k) for k, v in specs.items()},
+                                 conflicts)  # fmt: skip
         bundle = runner.bundle(data.task, outcome.final, provenance=provenance,
                                metrics=_metrics(outcome),
                                calibration=outcome.score.calibration)  # fmt: skip
@@ -221,6 +225,26 @@ def _extract(run: _Run, teacher: Teacher, data: Splits) -> list[ExtractedRule]:
             "the teacher gave no usable rule; check --teacher (see the repair counts above)"
         )
     return rules
+
+
+def _vote(
+    run: _Run, embedder: Teacher, task: Task, rules: list[ExtractedRule]
+) -> tuple[list[ExtractedRule], list[Conflict]]:
+    """Drop the minority of rules whose condition (labels masked) also led to another label."""
+    if not run.s.vote:
+        return rules, []
+    names = [x.name for x in task.labels]
+    conditions = [mask_labels(r.rule, names) for r in rules]
+    with progress("embedding conditions", len(rules), show=run.show) as update:
+        vectors = embedder.embed(conditions, progress=update)
+    conflicts = find_conflicts(conditions, [r.label for r in rules], vectors)
+    dropped = {i for c in conflicts for i in c.dropped}
+    for c in conflicts:
+        verdict = f"kept {c.kept}" if c.kept else "a tie: all dropped"
+        run.say(f"conflict: '{c.condition}' led to {c.votes}; {verdict}")
+    run.say(f"conflicts: {len(conflicts)} conditions led to several labels; {len(dropped)} of "
+            f"{len(rules)} rules dropped")  # fmt: skip
+    return [r for i, r in enumerate(rules) if i not in dropped], conflicts
 
 
 def _cluster(run: _Run, embedder: Teacher, rules: list[ExtractedRule]) -> _Clustered:
@@ -341,6 +365,7 @@ def _provenance(
     clustered: _Clustered,
     outcome: _Outcome,
     backends: dict[str, dict[str, str]],
+    conflicts: list[Conflict],
 ) -> dict[str, Any]:
     """Everything the bundle records about how it was made (the order is the file's order)."""
     clustering = clustered.clustering
@@ -354,6 +379,7 @@ def _provenance(
         "prompts": prompt_hashes(),
         "settings": msgspec.to_builtins(run.s),
         "extraction": {"asked": len(data.train), "rules": len(rules)},
+        "conflicts": [msgspec.to_builtins(c) for c in conflicts],
         "clusters": {
             "sizes": clustering.sizes,
             "noise": len(clustering.noise),

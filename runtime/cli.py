@@ -5,6 +5,7 @@ Parses arguments, calls the public API and formats output. Errors propagate to `
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ from pld.errors import InputError
 from pld.progress import progress
 
 from .audit import render_audit
-from .bundle import load_bundle
+from .bundle import load_bundle, render_system_prompt
 from .classifier import Classifier
 from .options import ClassifierOptions, FlashAttn, tuning_overrides
 from .records import read_records
@@ -141,33 +142,92 @@ DEMO_INPUTS = [
 ]
 
 
+def _demo_bundle(student: str | None) -> str:
+    """The shipped StereoSet bundle distilled for ``student`` (default: the default one)."""
+    if student is None:
+        return "stereoset"
+    made = [
+        name
+        for name, path in shipped_bundles().items()
+        if (b := load_bundle(path)).task.name == "stereoset" and b.student.model == student
+    ]
+    if not made:
+        raise InputError(
+            f"no shipped StereoSet bundle was distilled for student '{student}'; the shipped "
+            f"ones are for {', '.join(sorted({load_bundle(p).student.model for p in shipped_bundles().values()}))} "
+            "(or pass --model to run the default bundle on another model)"
+        )
+    return made[0]
+
+
 def demo(
     model: ModelOpt = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="Show the StereoSet bundle distilled for this student (e.g. "
+            "qwen2.5-coder-1.5b-instruct, installed by './install.sh qwen') next to zero-shot."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
 ) -> None:
-    """Classify a few example inputs with the shipped StereoSet bundle on the default model."""
+    """Classify a few example inputs with a shipped StereoSet bundle, next to the same model's
+    zero-shot answer when the bundle has rules, so you see what the rules change."""
+    name = _demo_bundle(student)
+    bundle = load_bundle(resolve_bundle_path(name))
     typer.echo(
-        "loading the default model and priming the StereoSet bundle's system prompt...", err=True
+        f"loading {model or bundle.student.model} and priming bundle '{name}' "
+        f"({len(bundle.instructions)} rules)...",
+        err=True,
     )
     options = ClassifierOptions(n_threads=threads, allow_model_mismatch=model is not None)
-    clf = Classifier.open("stereoset", options, model=model)
+    clf = Classifier.open(bundle, options, model=model)
+    zero = None
     try:
+        if bundle.instructions:
+            zero = Classifier(
+                bundle,
+                clf.model,
+                dataclasses.replace(options, calibrate=False),
+                system_prompt=render_system_prompt(bundle.task, []),
+            )
         how = (
             f"restored in {clf.restore_ms:.0f} ms"
             if clf.restore_ms
             else f"primed in {clf.prime_ms:.0f} ms"
         )
         typer.echo(
-            f"model {clf.resolved.name} ({clf.backend}); system prompt {len(clf.prefix_tokens)} tokens, {how}"
+            f"model {clf.resolved.name} ({clf.backend}); bundle {name} {bundle.version}: "
+            f"{len(bundle.instructions)} rules, system prompt {len(clf.prefix_tokens)} tokens, "
+            f"{how}; calibration {'contextual' if clf.calibrated else 'none'}"
         )
-        for text in DEMO_INPUTS:
-            p = clf.classify(text)
-            probs = "  ".join(f"{k}={v:.2f}" for k, v in p.probs.items())
-            sentence = text.splitlines()[-1]
+        if clf.calibration_note:
+            typer.echo(clf.calibration_note)
+        if not bundle.instructions:
             typer.echo(
-                f"\n{sentence}\n  -> {p.label:<16} {probs}  ({p.timings.total_ms:.0f} ms, {p.timings.input_tokens} tokens)"
+                "this bundle has no rules: its prompt is the zero-shot one (try "
+                "'pld demo --student qwen2.5-coder-1.5b-instruct' after './install.sh qwen')"
             )
+        if (m := bundle.metrics) is not None and m.zero_shot_macro_f1 is not None:
+            typer.echo(
+                f"measured on {m.n} {m.split} records: Macro-F1 {m.macro_f1:.3f} with the rules, "
+                f"{m.zero_shot_macro_f1:.3f} zero-shot"
+            )
+        for text in DEMO_INPUTS:
+            typer.echo(f"\n{text.splitlines()[-1]}")
+            for who, c in (("rules", clf), ("zero-shot", zero)):
+                if c is None:
+                    continue
+                p = c.classify(text)
+                probs = "  ".join(f"{k}={v:.2f}" for k, v in p.probs.items())
+                tag = f"{who:<10}" if zero is not None else ""
+                typer.echo(
+                    f"  {tag}-> {p.label:<16} {probs}  ({p.timings.total_ms:.0f} ms, "
+                    f"{p.timings.input_tokens} tokens)"
+                )
     finally:
+        if zero is not None:
+            zero.close()
         clf.close()
 
 
