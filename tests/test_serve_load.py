@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from pld.bench.load_serve import VERSIONS, Answer, valid_version
+from pld.bench.load_serve import valid_version
+from pld.bench.serve_harness import VERSIONS, Answer
 
 OLD, NEW = VERSIONS
 
