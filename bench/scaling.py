@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pld.errors import BundleError, ConfigError, DataError, PldError
+from pld.metrics import percentile
 from pld.progress import ProgressCallback, progress
 from pld.runtime import (
     Bundle,
@@ -200,16 +201,11 @@ def _each(fn: Callable[[Any], object], items: Sequence[Any]) -> None:
         fn(item)
 
 
-def _p95(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
-
-
 def _stats(prefix: str, xs: Sequence[float]) -> Row:
     return {
         f"{prefix}_n": len(xs),
         f"{prefix}_p50_ms": round(statistics.median(xs), 1),
-        f"{prefix}_p95_ms": round(_p95(xs), 1),
+        f"{prefix}_p95_ms": round(percentile(xs, 0.95), 1),
     }
 
 
