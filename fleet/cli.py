@@ -7,15 +7,32 @@ command imports what it needs. Errors propagate to ``pld.cli``, which prints the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
 
 from pld.errors import DependencyError
 
-keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for bundle updates.")
+if TYPE_CHECKING:
+    from .publisher import PublishResult
 
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys for bundle updates.")
+channel_app = typer.Typer(
+    no_args_is_help=True, help="Staged rollouts of a published channel: promote, halt."
+)
+
+ExpiresOpt = Annotated[
+    float, typer.Option("--expires-in", help="Days until devices refuse this index.")
+]
+RootPubOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--root-pub",
+        help="Root public key (root.pub) to verify the store's keys.json with (repeatable; "
+        "needed when --key is an index key).",
+    ),
+]
 KeyOpt = Annotated[
     list[Path],
     typer.Option("--key", help="Private signing key (signing.key); repeat for several signatures."),
@@ -159,14 +176,7 @@ def publish(
     to: Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")],
     channel: Annotated[str, typer.Option("--channel", help="Channel, e.g. stable or canary.")],
     key: KeyOpt,
-    root_pub: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--root-pub",
-            help="Root public key (root.pub) to verify the store's keys.json with (repeatable; "
-            "needed when --key is an index key).",
-        ),
-    ] = None,
+    root_pub: RootPubOpt = None,
     carry: Annotated[
         bool,
         typer.Option(
@@ -174,9 +184,16 @@ def publish(
             "reset the version floors, publish every task again)."
         ),
     ] = True,
-    expires_in: Annotated[
-        float, typer.Option("--expires-in", help="Days until devices refuse this index.")
-    ] = 30,
+    rollout: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="Percent of devices that take these bundles (a staged rollout; the others keep "
+            "the channel's bundle from before). Widen it with pld channel promote.",
+        ),
+    ] = 100,
+    expires_in: ExpiresOpt = 30,
 ) -> None:
     """Copy bundles to DEST and sign the channel's next index (its version one higher)."""
     require_fleet_extra()
@@ -190,13 +207,80 @@ def publish(
         keys=[SigningKey.load(p) for p in key],
         root_keys=[PublicKey.load(p) for p in root_pub or []],
         carry=carry,
+        rollout=rollout,
         expires_in_days=expires_in,
     )
+    _echo_result(result)
+
+
+def _echo_result(result: PublishResult) -> None:
     for t in result.tasks:
         state = "new file" if t.new else "file unchanged"
-        typer.echo(f"{t.task}: {t.name} {t.version} ({state}) {t.file}")
+        staged = (
+            f", to {t.rollout}% of devices (the others: {t.previous_version})"
+            if t.previous_version
+            else ""
+        )
+        typer.echo(f"{t.task}: {t.name} {t.version} ({state}{staged}) {t.file}")
     typer.echo(
         f"channel {result.channel!r} index version {result.version}, expires {result.expires}: "
         f"{result.index}"
     )
     typer.echo(msgspec.json.encode(result).decode())
+
+
+def _set_rollout(
+    to: str, channel: str, key: list[Path], root_pub: list[Path] | None, task: list[str] | None,
+    rollout: int, expires_in: float,
+) -> None:  # fmt: skip
+    require_fleet_extra()
+    from .channel import set_rollout
+    from .keys import PublicKey, SigningKey
+
+    result = set_rollout(
+        to,
+        channel=channel,
+        rollout=rollout,
+        keys=[SigningKey.load(p) for p in key],
+        tasks=task or [],
+        root_keys=[PublicKey.load(p) for p in root_pub or []],
+        expires_in_days=expires_in,
+    )
+    _echo_result(result)
+
+
+ToOpt = Annotated[str, typer.Option("--to", help="Publication directory or fsspec URL.")]
+ChannelOpt = Annotated[str, typer.Option("--channel", help="Channel, e.g. stable or canary.")]
+TaskOpt = Annotated[
+    list[str] | None,
+    typer.Option("--task", "-t", help="Task (repeatable; default: every staged rollout)."),
+]
+
+
+@channel_app.command("promote")
+def promote(
+    to: ToOpt,
+    channel: ChannelOpt,
+    key: KeyOpt,
+    rollout: Annotated[
+        int, typer.Option(min=1, max=100, help="Percent of devices from now on (100: all).")
+    ] = 100,
+    task: TaskOpt = None,
+    root_pub: RootPubOpt = None,
+    expires_in: ExpiresOpt = 30,
+) -> None:
+    """Widen staged rollouts to --rollout percent of devices (a new signed index)."""
+    _set_rollout(to, channel, key, root_pub, task, rollout, expires_in)
+
+
+@channel_app.command("halt")
+def halt(
+    to: ToOpt,
+    channel: ChannelOpt,
+    key: KeyOpt,
+    task: TaskOpt = None,
+    root_pub: RootPubOpt = None,
+    expires_in: ExpiresOpt = 30,
+) -> None:
+    """Stop staged rollouts: devices that moved keep the new bundle, no other device moves."""
+    _set_rollout(to, channel, key, root_pub, task, 0, expires_in)

@@ -7,6 +7,8 @@ and renames, not signatures, stores or models (``puller`` checks, ``device_prime
 this package (``pld.runtime.device_bundle_path``)::
 
     D/lock                       fcntl lock: one writer at a time (pull or rollback)
+    D/device-id                  a random id made once: the device's staged-rollout bucket
+    D/sync.json                  the sync agent's state (``sync_state``), written atomically
     D/trusted.json               the key set and channel versions the device trusts
     D/objects/<sha256>.pld.json  verified bundle files, read-only
     D/generations/<n>/           <task>.pld.json (hard links to objects) and manifest.json
@@ -24,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +54,7 @@ __all__ = [
 # fullmatch only: with match, "$" also matches before a trailing newline
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".pld.json"
 _T = TypeVar("_T")
 
@@ -177,6 +181,8 @@ class DeviceDir:
         self.current = self.root / "current"
         self.states = self.root / "states"
         self.staging = self.root / "staging"
+        self.device_id_path = self.root / "device-id"
+        self.sync_path = self.root / "sync.json"
 
     # -- the lock ------------------------------------------------------------------------
 
@@ -209,6 +215,47 @@ class DeviceDir:
             yield
         finally:
             os.close(fd)  # closing releases the lock; the file stays (removing it would race)
+
+    # -- the device id ---------------------------------------------------------------------
+
+    def read_device_id(self) -> str | None:
+        """The device's id, or None before its first pull made one."""
+        try:
+            text = self.device_id_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FleetError(f"cannot read {self.device_id_path} ({exc})") from None
+        if not _DEVICE_ID.fullmatch(text):
+            raise FleetError(
+                f"{self.device_id_path} holds {text[:40]!r}, not a device id (32 hex digits); "
+                "remove it and pull again (a new id puts the device in a new rollout bucket)"
+            )
+        return text
+
+    def device_id(self) -> str:
+        """The device's stable id: made once at random (128 bits), then kept. A copy of a
+        device directory (a cloned image) must drop ``D/device-id`` to get its own bucket.
+        """
+        found = self.read_device_id()
+        if found is not None:
+            return found
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".device-id.{secrets.token_hex(6)}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(f"{secrets.token_hex(16)}\n".encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, self.device_id_path)  # fails if another process made one first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.root)
+        found = self.read_device_id()
+        assert found is not None
+        return found
 
     # -- trusted state and manifests -----------------------------------------------------
 

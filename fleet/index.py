@@ -43,8 +43,14 @@ class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class IndexEntry(_Strict, frozen=True):
-    """The one bundle a channel serves for a task."""
+class IndexEntry(_Strict, frozen=True, omit_defaults=True):
+    """The one bundle a channel serves for a task.
+
+    A staged rollout (``pld bundle publish --rollout N``) gives ``rollout`` < 100: only devices
+    whose bucket (``rollout.bucket``) is below it take this bundle; the others take, or stay on,
+    ``previous`` (the bundle the channel served to every device before). Defaults are omitted
+    from the signed bytes, so an index without a rollout is the same as before rollouts existed.
+    """
 
     file: str  # relative to the store's root: bundles/<sha256>.pld.json
     name: str
@@ -53,6 +59,8 @@ class IndexEntry(_Strict, frozen=True):
     sha256: str  # hex sha256 of the file's bytes
     student_model: str
     student_sha256: str | None = None  # required by check_index; optional only to name the gap
+    rollout: int = 100  # percent of devices (by bucket) that take this bundle
+    previous: IndexEntry | None = None  # what the others run; rollout 100 and no previous itself
 
 
 class ChannelIndex(_Strict, frozen=True):
@@ -181,6 +189,20 @@ def check_entry(entry: IndexEntry, task: str) -> None:
             "with pld bundle publish from a bundle that records its student's sha256"
         )
     check_model_name(entry.student_model, f"the index entry of task {task!r}")
+    if not 0 <= entry.rollout <= 100:
+        raise RejectedError(
+            f"the index gives task {task!r} a rollout of {entry.rollout}%; it must be 0 to 100"
+        )
+    prev = entry.previous
+    if prev is not None:
+        if prev.rollout != 100 or prev.previous is not None:
+            raise RejectedError(
+                f"the previous bundle of task {task!r} is itself in a staged rollout; an index "
+                "names one fallback per task (publish again with pld bundle publish --rollout)"
+            )
+        if prev.sha256 == entry.sha256:
+            raise RejectedError(f"the index names the same file as task {task!r}'s previous one")
+        check_entry(prev, task)
 
 
 def _check_role(role: KeyRole, what: str) -> None:

@@ -30,6 +30,10 @@ Key rotation, for operators (``pld keys rotate``; root keys sign, index keys nev
 
 A fleet-wide rollback is a new publication of the old bundle file: the index version still
 goes up, so devices take it (they never accept an older index).
+
+A staged rollout (``rollout`` < 100) names, beside the new bundle, the one every device ran
+before (``previous``); ``pld channel promote|halt`` (``channel.set_rollout``) signs the next
+index with another share. See ``rollout`` for what a device does with them.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ __all__ = [
     "publish",
     "rotate_keys",
     "verified_keyset",
+    "write_index",
 ]
 
 KEYSET_FILE = "keys.json"
@@ -79,6 +84,8 @@ class PublishedTask(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     file: str
     new: bool
+    rollout: int = 100
+    previous_version: str | None = None  # what devices outside the share run
 
 
 class PublishResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,6 +262,7 @@ def publish(
     keys: Sequence[SigningKey],
     root_keys: Sequence[PublicKey] = (),
     carry: bool = True,
+    rollout: int = 100,
     expires_in_days: float = 30,
     now: dt.datetime | None = None,
 ) -> PublishResult:
@@ -265,6 +273,8 @@ def publish(
     forward before it verified: ``keys.json`` from ``root_keys`` (default: ``keys`` themselves,
     a single-key setup), the previous index against the index keys that key set names.
     ``carry=False`` carries no task (after a rotation that reset the version floors).
+    ``rollout`` < 100 starts a staged rollout: only that share of devices take the bundles, the
+    others keep (or take) the bundle the channel served before, named as ``previous``.
     """
     if not bundles:
         raise FleetError("nothing to publish; pass at least one bundle")
@@ -272,6 +282,8 @@ def publish(
         raise FleetError("nothing to sign the index with; pass at least one --key")
     if not expires_in_days > 0:
         raise FleetError(f"--expires-in is {expires_in_days} days; give a positive number")
+    if not 0 <= rollout <= 100:
+        raise FleetError(f"--rollout is {rollout}; give a percentage of devices, 0 to 100")
     folder = channel_dir(channel)
     read = _read_bundles(bundles)
     store = Store(dest)
@@ -293,6 +305,11 @@ def publish(
             "overwrite a published version: restore index.json from the newest index-<N>.json"
         )
 
+    if rollout < 100:
+        read = {
+            task: (data, _staged(entry, previous, task, channel, rollout, carry), src)
+            for task, (data, entry, src) in read.items()
+        }
     published: list[PublishedTask] = []
     for task, (data, entry, _) in read.items():
         # content-addressed: a file of that name with the same bytes is this very bundle
@@ -307,12 +324,62 @@ def publish(
                 sha256=entry.sha256,
                 file=entry.file,
                 new=not same,
+                rollout=entry.rollout,
+                previous_version=entry.previous.version if entry.previous else None,
             )
         )
 
-    start = now or utc_now()
     tasks = dict(previous.tasks) if previous and carry else {}
     tasks.update({task: entry for task, (_, entry, _) in read.items()})
+    index = write_index(store, channel, version, tasks, keys, expires_in_days, now)
+    return PublishResult(
+        channel=channel,
+        version=version,
+        index=store.path(f"{folder}/index.json"),
+        expires=index.expires,
+        tasks=published,
+    )
+
+
+def _staged(
+    entry: IndexEntry,
+    previous: ChannelIndex | None,
+    task: str,
+    channel: str,
+    rollout: int,
+    carry: bool,
+) -> IndexEntry:
+    """``entry`` rolled out to ``rollout`` % of devices, the others on the channel's bundle
+    from before (when that is itself a staged rollout, the bundle from before it)."""
+    before = previous.tasks.get(task) if previous is not None and carry else None
+    if before is not None and before.rollout < 100:
+        before = before.previous  # abandoning an unfinished rollout: back to what all ran
+    if before is None:
+        raise FleetError(
+            f"task {task!r} has no earlier bundle in channel {channel!r} for the devices outside "
+            f"a {rollout}% rollout to keep (they would have none); publish it with --rollout 100"
+            + ("" if carry else " (--no-carry carries nothing)")
+        )
+    if before.sha256 == entry.sha256:
+        raise FleetError(
+            f"{entry.name} {entry.version} is what channel {channel!r} already serves for task "
+            f"{task!r}; nothing to roll out (pld channel promote changes a rollout's share)"
+        )
+    return msgspec.structs.replace(entry, rollout=rollout, previous=before)
+
+
+def write_index(
+    store: Store,
+    channel: str,
+    version: int,
+    tasks: dict[str, IndexEntry],
+    keys: Sequence[SigningKey],
+    expires_in_days: float,
+    now: dt.datetime | None = None,
+) -> ChannelIndex:
+    """Sign channel ``channel``'s index ``version`` naming ``tasks``; write its audit copy,
+    then ``index.json``."""
+    start = now or utc_now()
     index = ChannelIndex(
         type="pld-channel-index",
         channel=channel,
@@ -323,15 +390,10 @@ def publish(
     )
     payload = msgspec.json.format(msgspec.json.encode(index), indent=2) + b"\n"
     envelope = sign_document(payload, keys)
-    store.write(audit, envelope)
+    folder = channel_dir(channel)
+    store.write(f"{folder}/index-{version}.json", envelope)
     store.write(f"{folder}/index.json", envelope)
-    return PublishResult(
-        channel=channel,
-        version=version,
-        index=store.path(f"{folder}/index.json"),
-        expires=index.expires,
-        tasks=published,
-    )
+    return index
 
 
 def _role(keys: Sequence[PublicKey], threshold: int, what: str, option: str) -> KeyRole:

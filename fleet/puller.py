@@ -42,6 +42,7 @@ from .keys import PublicKey
 from .pull_faults import pause
 from .pull_fetch import check_student, download, read_limited
 from .pull_keys import catch_up, index_map, starting_keys
+from .rollout import bucket, choose
 from .signed import verify_document
 from .store import PULL_TIMEOUT_S, REQUEST_TIMEOUT_S, Deadlines, Store
 
@@ -102,6 +103,10 @@ class PullResult(_S, frozen=True):
     key_version: int
     keys_rotated: bool
     timings: PullTimings
+    device_id: str = ""
+    # outside a staged rollout's share: task -> the newest version the index offers (the
+    # device runs, or took, the index's previous bundle, or kept the new one it already had)
+    deferred: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class _Clock:
@@ -145,6 +150,7 @@ def pull(
     threshold: int = 1,
     allow_model_mismatch: bool = False,
     model: str | None = None,
+    prime: bool = True,
     request_timeout: float = REQUEST_TIMEOUT_S,
     pull_timeout: float = PULL_TIMEOUT_S,
     now: dt.datetime | None = None,
@@ -159,6 +165,12 @@ def pull(
     answer within ``request_timeout`` seconds, and all of them within ``pull_timeout`` seconds
     of the start (priming, after the downloads, is not cut short): a store that stalls fails
     the pull with ``DeadlineError`` and releases the lock, the active bundles untouched.
+    ``prime=False`` activates without priming (the first classifier to open a bundle primes
+    it): for fleet simulations and tests, not for a device that serves.
+
+    Each task's bundle is chosen by ``rollout.choose``: inside a staged rollout's share (by
+    the device id in ``D/device-id``, made on the first pull) the index's bundle, outside it
+    the index's ``previous`` one.
     """
     check_name(channel, "channel")
     deadlines = Deadlines(request_timeout, pull_timeout)
@@ -172,7 +184,8 @@ def pull(
             job.check_index(now or utc_now())
             job.fetch()
             pause("verified")
-            job.prime()
+            if prime:
+                job.prime()
             job.activate()
             return job.result()
         finally:
@@ -207,7 +220,9 @@ class _Pull:
         self.held: list[str] = []
         self.removed: list[str] = []
         self.changes: list[TaskChange] = []
+        self.deferred: dict[str, str] = {}
         self.generation = dev.current_generation()
+        self.device_id = dev.device_id()
 
     def trust(self, given: Sequence[PublicKey], threshold: int) -> None:
         """Settle the keys: the stored set (or ``given``), then any signed newer key set."""
@@ -271,13 +286,25 @@ class _Pull:
         )
         for task, entry in sorted(self.index.tasks.items()):
             now_active = self.active.get(task)
-            if now_active is not None and now_active.sha256 == entry.sha256:
+            choice = choose(
+                entry,
+                now_active.sha256 if now_active else None,
+                now_active.held_sha256 if now_active else None,
+                bucket(self.device_id, self.channel, task),
+            )
+            if choice.deferred:
+                self.deferred[task] = entry.version
+                self.say(
+                    f"{task}: {entry.version} is rolled out to {entry.rollout}% of devices, "
+                    "not (yet) this one"
+                )
+            if choice.action == "unchanged":
                 self.unchanged.append(task)
-            elif now_active is not None and now_active.held_sha256 == entry.sha256:
+            elif choice.action == "held":
                 self.held.append(task)
-                self.say(f"{task}: rolled back on this device from {entry.version}; left so")
+                self.say(f"{task}: rolled back on this device from {choice.entry.version}; left so")
             else:
-                self.todo[task] = entry
+                self.todo[task] = choice.entry
         self.removed = sorted(
             t
             for t, e in self.active.items()
@@ -426,6 +453,8 @@ class _Pull:
             held=self.held,
             key_version=self.keyset.version,
             keys_rotated=self.keyset.version != self.start_key_version,
+            device_id=self.device_id,
+            deferred=self.deferred,
             timings=PullTimings(
                 fetch_ms=ms["fetch"],
                 verify_ms=ms["verify"],
