@@ -58,7 +58,7 @@ def download(store: Store, entry: IndexEntry, task: str, dest: Path) -> bytes:
         raise
     except Exception as exc:
         failed = store.failed(path, exc)
-        if isinstance(exc, FileNotFoundError) and not isinstance(failed, DeadlineError):
+        if store.is_missing(exc) and not isinstance(failed, DeadlineError):
             raise missing from None
         raise failed from None
     try:
@@ -76,7 +76,7 @@ def download(store: Store, entry: IndexEntry, task: str, dest: Path) -> bytes:
                 raise
             except Exception as exc:
                 failed = store.failed(path, exc)
-                if isinstance(exc, FileNotFoundError) and not isinstance(failed, DeadlineError):
+                if store.is_missing(exc) and not isinstance(failed, DeadlineError):
                     raise missing from None
                 raise failed from None
             if not chunk:

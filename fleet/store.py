@@ -105,21 +105,39 @@ class Store:
         """A streaming binary file for the full ``path``, its request under the deadlines (an
         HTTP store's whole request, body included, gets at most what is left of them)."""
         kwargs: dict[str, Any] = {}
+        if self.http:
+            # a streaming read never uses the size: giving one skips the HEAD request fsspec
+            # sends only to learn it, so each file costs one GET
+            kwargs["size"] = 1
         if self.deadlines is not None:
             seconds = self.deadlines.next_request(path)
             if self.http:
-                # fsspec gives its HEAD request this timeout and aiohttp the GET's whole
-                # exchange, body included (a float is aiohttp's ClientTimeout(total=...))
+                # aiohttp applies it to the GET's whole exchange, body included (a float is
+                # aiohttp's ClientTimeout(total=...))
                 kwargs["timeout"] = seconds
         return self.fs.open(path, "rb", block_size=0, **kwargs)
+
+    @staticmethod
+    def is_missing(exc: BaseException) -> bool:
+        """Whether a backend's error says the file is not there (not that the store could not
+        be reached: fsspec's HTTP store wraps a refused connection in FileNotFoundError too,
+        with the real error as its cause)."""
+        if not isinstance(exc, FileNotFoundError):
+            return False
+        cause = exc.__cause__
+        return cause is None or isinstance(cause, FileNotFoundError)
 
     def failed(self, path: str, exc: BaseException) -> StoreError:
         """The error for a failed read of ``path``: a deadline's, or what the backend said."""
         if self.deadlines is not None and _timed_out(exc):
             return self.deadlines.error(path)
-        if isinstance(exc, FileNotFoundError):
+        if self.is_missing(exc):
             return StoreError(f"{path} does not exist; check --from and --channel")
-        return StoreError(f"cannot read {path} ({type(exc).__name__}: {exc})")
+        cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
+        return StoreError(
+            f"cannot read {path} ({type(cause).__name__}: {cause}); the store is unreachable or "
+            "failing: check the network and --from"
+        )
 
     def read(self, rel: str, *, limit: int | None = None) -> bytes:
         """The bytes of ``rel``: at most ``limit`` + 1 when a limit is given (so that a longer
