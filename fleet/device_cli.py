@@ -1,4 +1,4 @@
-"""`pld device pull|status|rollback`: a thin layer over ``pld.fleet``'s device directory.
+"""`pld device pull|sync|status|rollback`: a thin layer over ``pld.fleet``'s device directory.
 
 Imports nothing of the fleet extra at module level, so `pld` runs on a device without it.
 Each command prints lines for people, then one JSON line last; refusals raise ``pld.errors``
@@ -110,6 +110,8 @@ def pull_cmd(
         typer.echo(f"{task}: removed (no longer in channel {result.channel!r})")
     for task in result.held:
         typer.echo(f"{task}: held (rolled back on this device)")
+    for task, version in result.deferred.items():
+        typer.echo(f"{task}: {version} is in a staged rollout that does not include this device")
     if not (result.changed or result.removed):
         typer.echo(
             f"up to date: channel {result.channel!r} index version {result.index_version}"
@@ -123,6 +125,133 @@ def pull_cmd(
             f"{t.activate_ms:.0f})"
         )
     _echo_json(result)
+
+
+@device_app.command("sync")
+def sync_cmd(
+    source: Annotated[
+        str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
+    ],
+    device_dir: DeviceDirOpt,
+    every: Annotated[
+        str, typer.Option(help="Time between pulls: 30s, 15m, 1h (a number alone: seconds).")
+    ] = "15m",
+    jitter: Annotated[
+        str, typer.Option(help="Spread each wait by up to this share of it, e.g. 20%.")
+    ] = "20%",
+    max_backoff: Annotated[
+        str,
+        typer.Option(help="Longest wait after failures (they double from min(--every, 1m))."),
+    ] = "1h",
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="One attempt, then exit (for a systemd timer): skipped while backing off.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Attempt now even while backing off.")
+    ] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help="The publisher's public key; first pull only."),
+    ] = None,
+    threshold: Annotated[
+        int, typer.Option(help="Valid signatures from distinct trusted keys required.")
+    ] = 1,
+    channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
+    allow_model_mismatch: Annotated[
+        bool,
+        typer.Option(help="Accept bundles validated with another model file (recorded in status)."),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Run the bundles on this model (default: theirs)."),
+    ] = None,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds one request to the store may take.")
+    ] = 30.0,
+    pull_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds all requests of one pull may take together (not priming)."),
+    ] = 300.0,
+    nice: Annotated[
+        int, typer.Option(min=0, max=19, help="Lower the agent's CPU priority by N.")
+    ] = 19,
+) -> None:
+    """Pull on a schedule with jitter and backoff; D/sync.json records each attempt.
+
+    A running pld serve on the same device directory picks up what a pull activates. Exit
+    status with --once: 0 when the attempt succeeded or was skipped (backing off), 1 when it
+    failed (the reason is in D/sync.json and pld device status).
+    """
+    _need_fleet()
+    import signal
+    import threading
+
+    from .keys import PublicKey
+    from .sync import parse_interval, parse_jitter, run_agent
+
+    every_s = parse_interval(every)
+    spread = parse_jitter(jitter)
+    cap_s = parse_interval(max_backoff, "--max-backoff")
+    if nice:
+        os.nice(nice)
+    stop = threading.Event()
+    if not once and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())  # finish the pull in flight, then exit
+
+    def report(outcome: object) -> None:
+        from .sync import SyncOutcome
+
+        assert isinstance(outcome, SyncOutcome)
+        st = outcome.state
+        if outcome.error is not None:
+            _log(f"sync failed ({st.last_error.reason if st.last_error else '?'}): "
+                 f"{outcome.error}")  # fmt: skip
+        elif outcome.result is not None:
+            r = outcome.result
+            for c in r.changed:
+                _log(f"{c.task}: {c.old_version or '(none)'} -> {c.new_version}")
+            for task, version in r.deferred.items():
+                _log(f"{task}: {version} is in a staged rollout that does not include this device")
+        _log(f"next attempt at {_stamp(st.next_attempt)}")
+        _echo_json(outcome)
+
+    last = run_agent(
+        source,
+        device_dir,
+        channel=channel,
+        every_s=every_s,
+        jitter=spread,
+        max_backoff_s=cap_s,
+        once=once,
+        force=force,
+        stop=stop,
+        on_attempt=report,
+        trusted_keys=[PublicKey.load(p) for p in trusted_key or []],
+        threshold=threshold,
+        allow_model_mismatch=allow_model_mismatch,
+        model=model,
+        request_timeout=request_timeout,
+        pull_timeout=pull_timeout,
+        log=_log,
+    )
+    if last is not None and last.skipped:
+        typer.echo(f"backing off after failures: next attempt at {_stamp(last.state.next_attempt)}")
+        _echo_json(last)
+    if once and last is not None and last.error is not None:
+        raise typer.Exit(1)
+
+
+def _stamp(when: float | None) -> str:
+    import datetime as dt
+
+    if when is None:
+        return "-"
+    return dt.datetime.fromtimestamp(when, dt.UTC).replace(microsecond=0).isoformat()
 
 
 @device_app.command("status")
@@ -154,6 +283,25 @@ def status_cmd(device_dir: DeviceDirOpt) -> None:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if st.device_id is not None:
+        typer.echo(f"device id: {st.device_id}")
+    sync = st.sync
+    if sync is not None:
+        err = sync.last_error
+        typer.echo(
+            f"sync from {sync.source} (channel {sync.channel}, every {sync.every_s:g} s): last "
+            f"check {_stamp(sync.last_check)}, last success {_stamp(sync.last_success)}, next "
+            f"attempt {_stamp(sync.next_attempt)}"
+        )
+        if err is not None:
+            typer.echo(
+                f"last attempt failed ({err.reason}, {sync.consecutive_failures} in a row) at "
+                f"{_stamp(err.at)}: {err.message}"
+            )
+        for task, version in sync.deferred.items():
+            typer.echo(
+                f"{task}: {version} is in a staged rollout that does not include this device"
+            )
     if st.key_version is not None:
         channels = ", ".join(f"{c} v{v}" for c, v in st.channels.items()) or "none"
         typer.echo(

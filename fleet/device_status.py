@@ -19,6 +19,7 @@ import msgspec
 from pld.errors import FleetError
 
 from .device import ActiveEntry, DeviceDir, Manifest, iso_now
+from .sync_state import SyncState, read_sync_state
 
 __all__ = ["BundleRef", "DeviceStatus", "RollbackResult", "TaskStatus", "rollback", "status"]
 
@@ -63,6 +64,8 @@ class DeviceStatus(_S, frozen=True):
     keyids: list[str]  # root keys (they sign key sets)
     index_keyids: list[str]  # the keys that sign channel indexes
     channels: dict[str, int]
+    device_id: str | None = None  # its staged-rollout identity (made by the first pull)
+    sync: SyncState | None = None  # the sync agent's last attempt (D/sync.json)
 
 
 def _ref(entry: ActiveEntry | None) -> BundleRef | None:
@@ -115,6 +118,8 @@ def status(device_dir: str | Path) -> DeviceStatus:
         keyids=sorted(trusted.keyset.keys) if trusted else [],
         index_keyids=sorted(trusted.keyset.index_role().keys) if trusted else [],
         channels=dict(sorted(channels.items())),
+        device_id=dev.read_device_id(),
+        sync=read_sync_state(dev.root),
     )
 
 
