@@ -1,14 +1,24 @@
 """The server's Prometheus metrics, in a registry of their own (never the global one).
 
 Knows metric names, labels and buckets; the app, the worker and the registry of bundles record
-into it. Every series that counts requests names the bundle version that answered.
+into it. Every series that counts requests names the bundle version that answered. Serving a
+device directory, it also exports the sync agent's state (``D/sync.json``, read at each scrape)
+so that an operator's Prometheus sees, per device, what runs, how fresh it is and why an update
+was refused (``deploy/prometheus-rules.yml`` aggregates them).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["BATCH_BUCKETS", "MS_BUCKETS", "ServeMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pld.fleet.sync_state import read_sync_state
+
+__all__ = ["BATCH_BUCKETS", "MS_BUCKETS", "ServeMetrics", "SyncCollector"]
 
 # Seconds, resolving 1 ms to 500 ms (what one request on a CPU takes), then coarser for overload.
 MS_BUCKETS = (
@@ -75,6 +85,10 @@ class ServeMetrics:
             registry=r,
         )
 
+    def watch_sync(self, device_dir: str | Path) -> None:
+        """Export the sync agent's state of ``device_dir`` (read at each scrape)."""
+        self.registry.register(SyncCollector(Path(device_dir)))
+
     def set_active(
         self, task: str, old: tuple[str, str, str] | None, new: tuple[str, str, str] | None
     ) -> None:
@@ -90,3 +104,71 @@ class ServeMetrics:
     def render(self) -> bytes:
         """The Prometheus text format of every series."""
         return generate_latest(self.registry)
+
+
+class SyncCollector(Collector):
+    """The sync agent's ``D/sync.json`` as gauges; nothing while there is none."""
+
+    def __init__(self, device_dir: Path) -> None:
+        self.device_dir = device_dir
+
+    def describe(self) -> list[Metric]:
+        return []  # read at each scrape: the series exist only once the agent has run
+
+    def collect(self) -> Iterator[Metric]:
+        st = read_sync_state(self.device_dir)
+        if st is None:
+            return
+
+        def gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value=value)
+
+        yield from gauge(
+            "pld_sync_last_check_timestamp_seconds", "When the sync agent last tried to pull.",
+            st.last_check,
+        )  # fmt: skip
+        yield from gauge(
+            "pld_sync_last_success_timestamp_seconds", "When a pull last succeeded.",
+            st.last_success,
+        )  # fmt: skip
+        yield from gauge(
+            "pld_sync_last_change_timestamp_seconds", "When a pull last activated a bundle.",
+            st.last_change,
+        )  # fmt: skip
+        yield from gauge(
+            "pld_sync_next_attempt_timestamp_seconds", "When the sync agent pulls next.",
+            st.next_attempt,
+        )  # fmt: skip
+        yield from gauge(
+            "pld_sync_interval_seconds", "The sync agent's interval (--every).", st.every_s
+        )
+        yield from gauge(
+            "pld_sync_consecutive_failures", "Failed pulls in a row (0: the last one succeeded).",
+            st.consecutive_failures,
+        )  # fmt: skip
+        if st.index_version is not None:
+            index = GaugeMetricFamily(
+                "pld_sync_index_version",
+                "The version of the channel index the device last accepted.",
+                labels=["channel"],
+            )
+            index.add_metric([st.channel], st.index_version)
+            yield index
+        error = GaugeMetricFamily(
+            "pld_sync_last_error_info",
+            "1 while the last pull failed, labelled with why (signature, expired, rejected, "
+            "store, deadline, model_mismatch, locked, ...).",
+            labels=["reason"],
+        )
+        if st.last_error is not None:
+            error.add_metric([st.last_error.reason], 1)
+        yield error
+        deferred = GaugeMetricFamily(
+            "pld_sync_rollout_deferred_info",
+            "1 for each task whose newest bundle is in a staged rollout that excludes this device.",
+            labels=["task", "version"],
+        )
+        for task, version in sorted(st.deferred.items()):
+            deferred.add_metric([task, version], 1)
+        yield deferred

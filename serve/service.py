@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pld.errors import ConfigError
 
 from .metrics import ServeMetrics
-from .registry import Generation, Registry, ReloadResult
+from .registry import DeviceSource, Generation, Registry, ReloadResult
 from .worker import Worker
 
 __all__ = ["ServeOptions", "Service"]
@@ -64,6 +64,8 @@ class Service:
         self.options = options
         self.metrics = metrics
         registry.on_swap = self._on_swap
+        if isinstance(registry.source, DeviceSource):  # the sync agent's state, per scrape
+            metrics.watch_sync(registry.source.root)
         self.worker = Worker(
             registry,
             metrics,
