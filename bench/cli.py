@@ -9,11 +9,20 @@ from typing import Annotated
 import msgspec
 import typer
 
-from pld.runtime import ClassifierOptions
-from pld.runtime.cli import FlashAttnOpt, KvTypeOpt, UbatchOpt
-from pld.runtime.options import tuning_overrides
+from pld.runtime.cli_options import (
+    BatchSizeOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    KvTypeOpt,
+    ModelOpt,
+    ThreadsOpt,
+    UbatchOpt,
+    bundle_option,
+    classifier_options,
+    data_option,
+)
 
-from .scaling_cli import scaling
+from .scaling_cli import BENCH_BUNDLE, BENCH_DATA, scaling
 
 bench_app = typer.Typer(no_args_is_help=True, help="Latency benchmarks.")
 bench_app.command("scaling")(scaling)
@@ -21,19 +30,9 @@ bench_app.command("scaling")(scaling)
 
 @bench_app.command("latency")
 def latency(
-    bundle: Annotated[
-        str | None,
-        typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules."),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", "-d", help="Inputs (default: the first 64 StereoSet dev records, shipped)."
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
+    bundle: Annotated[str | None, bundle_option(BENCH_BUNDLE)] = None,
+    data: Annotated[Path | None, data_option(BENCH_DATA)] = None,
+    model: ModelOpt = None,
     requests: Annotated[int, typer.Option(help="Distinct inputs timed per repeat.")] = 16,
     repeats: Annotated[
         int, typer.Option(help="Interleaved repeats of the reuse/floor/batched modes.")
@@ -41,20 +40,23 @@ def latency(
     full_requests: Annotated[
         int, typer.Option(help="Requests timed with the whole prompt (slow).")
     ] = 3,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all).")] = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
     kv_type: KvTypeOpt = None,
     ubatch: UbatchOpt = None,
     flash_attn: FlashAttnOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Requests per batch in mode (c).")] = 8,
+    batch_size: BatchSizeOpt = 8,
 ) -> None:
-    """Full prompt vs prefix reuse vs batched vs empty prompt; prime vs restore; peak memory."""
+    """Full prompt vs prefix reuse vs batched (--batch-size together) vs empty prompt; prime vs
+    restore; peak memory."""
     from .latency import format_latency, run_latency
 
-    options = ClassifierOptions(
-        n_threads=threads,
-        n_gpu_layers=gpu_layers,
-        **tuning_overrides(kv_type, ubatch, flash_attn),
+    options = classifier_options(
+        threads=threads,
+        gpu_layers=gpu_layers,
+        kv_type=kv_type,
+        ubatch=ubatch,
+        flash_attn=flash_attn,
     )
     r = run_latency(
         bundle=bundle,
@@ -71,25 +73,15 @@ def latency(
 
 
 def compare(
-    bundle: Annotated[
-        str | None,
-        typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules."),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", "-d", help="Inputs (default: the first 64 StereoSet dev records, shipped)."
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
+    bundle: Annotated[str | None, bundle_option(BENCH_BUNDLE)] = None,
+    data: Annotated[Path | None, data_option(BENCH_DATA)] = None,
+    model: ModelOpt = None,
     requests: Annotated[int, typer.Option(help="Inputs timed per repeat.")] = 16,
     repeats: Annotated[
         int, typer.Option(help="Round-robin repeats (on new inputs while the data lasts).")
     ] = 3,
-    threads: Annotated[int, typer.Option(help="CPU threads for every contender (0: all).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers every contender offloads (-1: all).")] = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
     server_bin: Annotated[
         Path | None,
         typer.Option(
@@ -107,7 +99,7 @@ def compare(
         bool,
         typer.Option(help="Limit generation to the labels with a grammar (else a few tokens)."),
     ] = True,
-    batch_size: Annotated[int, typer.Option(help="Requests per batch for pld_batched.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     slow_requests: Annotated[
         int,
         typer.Option(help="Requests timed for a contender that re-evaluates the whole prompt."),
@@ -120,7 +112,9 @@ def compare(
         typer.Option(help="Also write the full result, with every request, to this file."),
     ] = None,
 ) -> None:
-    """pld against create_chat_completion (with and without LlamaRAMCache) and llama-server."""
+    """pld against create_chat_completion (with and without LlamaRAMCache) and llama-server.
+
+    Every contender runs with --threads and --gpu-layers; --batch-size is pld_batched's."""
     from .compare import format_compare, run_compare
 
     r = run_compare(

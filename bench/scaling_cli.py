@@ -12,10 +12,15 @@ import msgspec
 import typer
 
 from pld.errors import ConfigError
+from pld.runtime.cli_options import GpuLayersOpt, ModelOpt, ThreadsOpt, bundle_option, data_option
 
 from .scaling import SWEEPS, ScalingConfig, format_scaling, run_scaling
 
-__all__ = ["scaling"]
+__all__ = ["BENCH_BUNDLE", "BENCH_DATA", "scaling"]
+
+# What the benchmarks run when --bundle and --data are left out (pld.bench.inputs).
+BENCH_BUNDLE = "Contract-NLI with ~4,600 tokens of rules"
+BENCH_DATA = "the first 64 StereoSet dev records, shipped"
 
 
 def _ints(value: str | None, option: str) -> tuple[int, ...] | None:
@@ -39,16 +44,9 @@ def scaling(
     quick: Annotated[
         bool, typer.Option(help="A tiny grid (seconds): for tests and a first look.")
     ] = False,
-    bundle: Annotated[
-        str | None,
-        typer.Option("--bundle", "-b", help="Default: Contract-NLI with ~4,600 tokens of rules."),
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option("--data", "-d", help="Inputs (default: shipped StereoSet dev).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
+    bundle: Annotated[str | None, bundle_option(BENCH_BUNDLE)] = None,
+    data: Annotated[Path | None, data_option(BENCH_DATA)] = None,
+    model: ModelOpt = None,
     prompt_tokens: Annotated[
         str | None, typer.Option(help="System prompt lengths (tokens), e.g. 0,1000,4000.")
     ] = None,
@@ -68,14 +66,14 @@ def scaling(
     batch_requests: Annotated[
         int | None, typer.Option(help="Inputs per throughput pass of the batch sweep.")
     ] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all).")] = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
 ) -> None:
     """Latency against prompt and input length, throughput against batch size, prime and restore
     against prompt length: CSV and PNG per sweep."""
     given: dict[str, Any] = {
         "bundle": bundle,
-        "data": data,
+        "data": None if data is None else str(data),
         "model": model,
         "sweeps": tuple(s.strip() for s in sweeps.split(",") if s.strip()),
         "prompt_tokens": _ints(prompt_tokens, "--prompt-tokens"),

@@ -3,6 +3,8 @@ page), then one JSON line."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,33 +12,34 @@ import msgspec
 import typer
 
 from pld.errors import ConfigError
-from pld.runtime import ClassifierOptions, load_bundle, resolve_bundle_path, save_bundle
+from pld.runtime import load_bundle, resolve_bundle_path, save_bundle
+from pld.runtime.cli_options import (
+    AllowModelMismatchOpt,
+    BatchSizeOpt,
+    BundleOpt,
+    CalibrateOpt,
+    DataOpt,
+    GpuLayersOpt,
+    ModelOpt,
+    ThreadsOpt,
+    classifier_options,
+)
 
 from .baseline import EXAMPLE_CHARS
 
-__all__ = ["audit", "evaluate", "report"]
+__all__ = ["BUNDLE_COMMANDS", "audit", "evaluate", "report"]
 
 
 def evaluate(
-    bundle: Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped name.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
+    bundle: BundleOpt,
+    data: DataOpt,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
-    calibrate: Annotated[
-        bool | None,
-        typer.Option("--calibrate/--no-calibrate", help="Default: the bundle's setting."),
-    ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
-    ] = 1,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
-    allow_model_mismatch: Annotated[
-        bool, typer.Option(help="Run a model other than the bundle's.")
-    ] = False,
+    model: ModelOpt = None,
+    calibrate: CalibrateOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
     baseline: Annotated[
         str,
         typer.Option(
@@ -62,11 +65,11 @@ def evaluate(
     from .evaluate import evaluate as run
     from .evaluate import format_report
 
-    options = ClassifierOptions(
+    options = classifier_options(
         calibrate=calibrate,
-        max_batch=batch_size,
-        n_threads=threads,
-        n_gpu_layers=gpu_layers,
+        batch_size=batch_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
         allow_model_mismatch=allow_model_mismatch or model is not None,
     )
     res = run(
@@ -87,8 +90,8 @@ def evaluate(
 
 
 def report(
-    bundle: Annotated[str, typer.Option("--bundle", "-b", help="Bundle file or shipped name.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
+    bundle: BundleOpt,
+    data: DataOpt,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     baseline: Annotated[
         list[str] | None,
@@ -107,15 +110,10 @@ def report(
             "report-<bundle>-<split>.html here."
         ),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    model: ModelOpt = None,
+    threads: ThreadsOpt = 0,
     seed: Annotated[int, typer.Option(help="Seed of the few-shot example draw.")] = 0,
-    batch_size: Annotated[
-        int,
-        typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
-    ] = 1,
+    batch_size: BatchSizeOpt = 1,
 ) -> None:
     """One self-contained HTML accuracy report (and its numbers as JSON): the bundle against
     baselines, per-label scores, confusion matrices, latency, rules and errors."""
@@ -124,8 +122,8 @@ def report(
     if out is None:
         out = Path(f"report-{load_bundle(resolve_bundle_path(bundle)).name}-{data.stem}.html")
     json_path_for(out)  # a wrong --out fails now, not after the run
-    options = ClassifierOptions(
-        max_batch=batch_size, n_threads=threads, allow_model_mismatch=model is not None
+    options = classifier_options(
+        batch_size=batch_size, threads=threads, allow_model_mismatch=model is not None
     )
     res = build_report(
         bundle,
@@ -168,7 +166,7 @@ def report(
 
 def audit(
     bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled JSON Lines split.")],
+    data: DataOpt,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     by: Annotated[
         Literal["rule", "group"],
@@ -182,25 +180,22 @@ def audit(
         bool,
         typer.Option(help="Store each rule's effect in the bundle file (metrics.rule_effects)."),
     ] = False,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model name or .gguf path.")
-    ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(help="Requests decoded together (at least 2: the full-size window cache)."),
-    ] = 2,
+    model: ModelOpt = None,
+    batch_size: BatchSizeOpt = 2,
     n_batch: Annotated[
         int,
         typer.Option(
             help="Tokens per decode call; a switch between prompts restarts at a multiple of it."
         ),
     ] = 512,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
-    """Each rule's effect on Macro-F1 and accuracy, measured by leaving it out, sorted by effect."""
+    """Each rule's effect on Macro-F1 and accuracy, measured by leaving it out, sorted by effect.
+
+    Requests are decoded at least two together (the full-size window cache)."""
     from .ablation import audit as run
     from .ablation import format_audit, with_rule_effects
 
@@ -213,8 +208,9 @@ def audit(
             f"(cp $(pld bundle path {bundle}) {bundle}.pld.json) and audit the copy"
         )
     b = load_bundle(path)
-    options = ClassifierOptions(
-        max_batch=batch_size, n_batch=n_batch, n_threads=threads, n_gpu_layers=gpu_layers
+    options = dataclasses.replace(
+        classifier_options(batch_size=batch_size, threads=threads, gpu_layers=gpu_layers),
+        n_batch=n_batch,
     )
     res = run(
         b,
@@ -236,3 +232,7 @@ def audit(
     for effect in summary["rules"]:  # the table has the text; the JSON names rules by id
         del effect["text"], effect["predictions"]
     typer.echo(msgspec.json.encode(summary).decode())
+
+
+# `pld bundle NAME` commands from this package; pld.cli mounts them.
+BUNDLE_COMMANDS: dict[str, Callable[..., None]] = {"audit": audit}

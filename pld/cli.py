@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -22,6 +23,20 @@ from pld.serve import cli as serve_cli
 
 __all__ = ["app", "main"]
 
+# `pld bundle NAME`: each package lists its bundle commands by name, mounted the same way;
+# fleet's list is written here until pld.fleet.cli exposes one.
+FLEET_BUNDLE_COMMANDS: dict[str, Callable[..., None]] = {
+    "sign": fleet_cli.sign,
+    "verify": fleet_cli.verify,
+    "publish": fleet_cli.publish,
+}
+bundle_app = typer.Typer(
+    no_args_is_help=True, help="Inspect, check, audit, sign and publish instruction bundles."
+)
+for commands in (runtime_cli.BUNDLE_COMMANDS, evals_cli.BUNDLE_COMMANDS, FLEET_BUNDLE_COMMANDS):
+    for name, command in commands.items():
+        bundle_app.command(name)(command)
+
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -33,16 +48,12 @@ app.command("serve")(serve_cli.serve)
 app.command("eval")(evals_cli.evaluate)
 app.command("report")(evals_cli.report)
 app.add_typer(distiller_cli.app, name="distill")
-app.add_typer(runtime_cli.bundle_app, name="bundle")
+app.add_typer(bundle_app, name="bundle")
 app.add_typer(models_cli.app, name="models")
 app.add_typer(fleet_cli.keys_app, name="keys")
 app.add_typer(fleet_cli.channel_app, name="channel")
 app.add_typer(device_cli.device_app, name="device")
 app.add_typer(bench_cli.bench_app, name="bench")
-runtime_cli.bundle_app.command("sign")(fleet_cli.sign)
-runtime_cli.bundle_app.command("verify")(fleet_cli.verify)
-runtime_cli.bundle_app.command("publish")(fleet_cli.publish)
-runtime_cli.bundle_app.command("audit")(evals_cli.audit)
 
 
 def main() -> None:

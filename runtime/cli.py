@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,48 +20,32 @@ from pld.progress import progress
 from .audit import render_audit
 from .bundle import load_bundle, render_system_prompt
 from .classifier import Classifier
-from .options import ClassifierOptions, FlashAttn, tuning_overrides
+from .cli_options import (
+    AllowModelMismatchOpt,
+    BatchSizeOpt,
+    CalibrateOpt,
+    DeviceDirOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
+    KvTypeOpt,
+    ModelOpt,
+    NCtxOpt,
+    ThreadsOpt,
+    TruncateOpt,
+    UbatchOpt,
+    bundle_option,
+    classifier_options,
+)
 from .records import read_records
 from .store import resolve_bundle_path, shipped_bundles
 
-bundle_app = typer.Typer(no_args_is_help=True, help="Inspect and check instruction bundles.")
-
-BundleOpt = Annotated[
-    str, typer.Option("--bundle", "-b", help="Bundle file or shipped bundle name.")
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student)."),
-]
-# llama.cpp tuning knobs (ClassifierOptions.type_k/type_v, n_ubatch, flash_attn); left out, each
-# keeps the library default. bench/cli.py uses them too.
-KvTypeOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="KV cache type for K and V (f16, q8_0, q4_0, ...), or K/V such as q8_0/f16; a "
-        "quantized V needs --flash-attn on. Default: f16."
-    ),
-]
-UbatchOpt = Annotated[
-    int | None,
-    typer.Option(help="Tokens per llama.cpp compute step (0: the decode batch, 512)."),
-]
-FlashAttnOpt = Annotated[
-    FlashAttn | None,
-    typer.Option(help="Flash attention: on, off or auto (llama.cpp decides). Default: off."),
-]
+__all__ = ["BUNDLE_COMMANDS", "classify", "demo"]
 
 
 def classify(
     text: Annotated[str | None, typer.Argument(help="Text to classify (or use --input).")] = None,
-    bundle: Annotated[
-        str | None,
-        typer.Option("--bundle", "-b", help="Bundle file or shipped name (default: stereoset)."),
-    ] = None,
-    device_dir: Annotated[
-        Path | None,
-        typer.Option(help="Classify with the bundle active in this device directory."),
-    ] = None,
+    bundle: Annotated[str | None, bundle_option("stereoset")] = None,
+    device_dir: DeviceDirOpt = None,
     task: Annotated[
         str | None,
         typer.Option(help="With --device-dir: the task (default: the only one)."),
@@ -69,28 +54,16 @@ def classify(
         Path | None, typer.Option("--input", "-i", help="JSON Lines file with 'text' (and 'id').")
     ] = None,
     model: ModelOpt = None,
-    calibrate: Annotated[
-        bool | None,
-        typer.Option(
-            "--calibrate/--no-calibrate", help="Contextual calibration (default: the bundle's)."
-        ),
-    ] = None,
-    truncate: Annotated[
-        bool, typer.Option(help="Cut inputs that do not fit instead of failing.")
-    ] = False,
-    n_ctx: Annotated[int, typer.Option(help="Context size in tokens (0: fit the prompt).")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
-    batch_size: Annotated[
-        int,
-        typer.Option(help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU)."),
-    ] = 1,
+    calibrate: CalibrateOpt = None,
+    truncate: TruncateOpt = False,
+    n_ctx: NCtxOpt = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
+    batch_size: BatchSizeOpt = 1,
     kv_type: KvTypeOpt = None,
     ubatch: UbatchOpt = None,
     flash_attn: FlashAttnOpt = None,
-    allow_model_mismatch: Annotated[
-        bool, typer.Option(help="Run a model other than the bundle's.")
-    ] = False,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
 ) -> None:
     """Classify TEXT, or every line of --input, printing one JSON prediction per line."""
     if (text is None) == (input is None):
@@ -99,15 +72,17 @@ def classify(
         raise InputError("give --bundle or --device-dir, not both")
     if task is not None and device_dir is None:
         raise InputError("--task needs --device-dir (for a bundle file, use --bundle)")
-    options = ClassifierOptions(
+    options = classifier_options(
         calibrate=calibrate,
         truncate=truncate,
         n_ctx=n_ctx,
-        n_threads=threads,
-        n_gpu_layers=gpu_layers,
-        max_batch=batch_size,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        batch_size=batch_size,
         allow_model_mismatch=allow_model_mismatch,
-        **tuning_overrides(kv_type, ubatch, flash_attn),
+        kv_type=kv_type,
+        ubatch=ubatch,
+        flash_attn=flash_attn,
     )
     if device_dir is not None:
         clf = Classifier.open(task, options, model=model, device_dir=device_dir)
@@ -169,7 +144,7 @@ def demo(
             "qwen2.5-coder-1.5b-instruct, installed by './install.sh qwen') next to zero-shot."
         ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Classify a few example inputs with a shipped StereoSet bundle, next to the same model's
     zero-shot answer when the bundle has rules, so you see what the rules change."""
@@ -180,7 +155,7 @@ def demo(
         f"({len(bundle.instructions)} rules)...",
         err=True,
     )
-    options = ClassifierOptions(n_threads=threads, allow_model_mismatch=model is not None)
+    options = classifier_options(threads=threads, allow_model_mismatch=model is not None)
     clf = Classifier.open(bundle, options, model=model)
     zero = None
     try:
@@ -231,14 +206,12 @@ def demo(
         clf.close()
 
 
-@bundle_app.command("show")
 def show(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")]) -> None:
     """Render a bundle's task, labels and numbered rules for a human auditor."""
     b = load_bundle(resolve_bundle_path(bundle))
     typer.echo(render_audit(b))
 
 
-@bundle_app.command("validate")
 def validate(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")]) -> None:
     """Check a bundle's schema, digest and system prompt; exit non-zero if it fails."""
     path = resolve_bundle_path(bundle)
@@ -248,7 +221,6 @@ def validate(bundle: Annotated[str, typer.Argument(help="Bundle file or shipped 
     )
 
 
-@bundle_app.command("list")
 def list_() -> None:
     """List the bundles shipped with pld."""
     for name, path in shipped_bundles().items():
@@ -258,7 +230,15 @@ def list_() -> None:
         )
 
 
-@bundle_app.command("path")
 def path(name: Annotated[str, typer.Argument(help="Shipped bundle name.")]) -> None:
     """Print the file of a shipped bundle."""
     typer.echo(str(resolve_bundle_path(name).resolve()))
+
+
+# `pld bundle NAME` commands from this package; pld.cli mounts them.
+BUNDLE_COMMANDS: dict[str, Callable[..., None]] = {
+    "show": show,
+    "validate": validate,
+    "list": list_,
+    "path": path,
+}

@@ -196,12 +196,7 @@ def test_rule_groups() -> None:
 @pytest.mark.model
 def test_cli_audit_write_and_show(tmp_path: Path) -> None:
     from pld.cli import app
-    from pld.evals import cli as evals_cli
-    from pld.runtime import cli as runtime_cli
 
-    # pld/cli.py registers the command on the bundle group; register it here if it does not yet
-    if "audit" not in {c.name for c in runtime_cli.bundle_app.registered_commands}:
-        runtime_cli.bundle_app.command("audit")(evals_cli.audit)
     path = save_bundle(_bundle(), tmp_path / "b.pld.json")
     assert json.loads(path.read_text())["schema_version"] == 1
     args = ["bundle", "audit", str(path), "--data", str(data_file("stereoset")), "--limit", "6"]

@@ -172,7 +172,7 @@ def test_bad_baseline_exits_2_as_a_user_types_it() -> None:
     data = data_file("stereoset", "dev")
     pld = [sys.executable, "-c", "from pld.cli import main; main()"]
     err = subprocess.run(
-        pld + ["eval", "-b", "stereoset", "-d", str(data), "--baseline", "few-shot:x"],
+        pld + ["eval", "-b", "stereoset", "--data", str(data), "--baseline", "few-shot:x"],
         capture_output=True,
         text=True,
         timeout=120,

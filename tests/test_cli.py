@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from conftest import data_file, pld_process, records
 from typer.testing import CliRunner
 
@@ -31,6 +33,40 @@ def test_bundle_commands() -> None:
     assert "- anti-stereotype:" in out.stdout and "Rules (0)" in out.stdout
     out = runner.invoke(app, ["bundle", "validate", "logiqa"])
     assert out.exit_code == 0 and out.stdout.startswith("ok:")
+
+
+def _commands(group: Any, prefix: str = "") -> dict[str, Any]:
+    """Every command under a typer group, by its path ('bundle audit')."""
+    found: dict[str, Any] = {}
+    for name, command in group.commands.items():
+        path = f"{prefix}{name}"
+        if isinstance(command, typer.core.TyperGroup):
+            found |= _commands(command, path + " ")
+        found[path] = command
+    return found
+
+
+def test_shared_options_have_one_name_and_one_help() -> None:
+    # serve and device declare theirs apart for now (-d there is --device-dir)
+    commands = {
+        path: command
+        for path, command in _commands(typer.main.get_command(app)).items()
+        if path.split()[0] not in ("serve", "device")
+    }
+    shared = ["--bundle", "--data", "--model", "--threads", "--gpu-layers", "--batch-size",
+              "--device-dir", "--calibrate", "--allow-model-mismatch", "--kv-type", "--ubatch",
+              "--flash-attn", "--n-ctx", "--truncate"]  # fmt: skip
+    helps: dict[str, set[str | None]] = {name: set() for name in shared}
+    for command in commands.values():
+        for param in command.params:
+            for name in set(param.opts) & set(shared):
+                helps[name].add(getattr(param, "help", None))
+            assert "-d" not in param.opts and "--max-batch" not in param.opts
+    assert {name: len(h) for name, h in helps.items()} == dict.fromkeys(shared, 1)
+    assert {"classify", "eval", "report", "bundle audit", "bench latency"} <= set(commands)
+    bundle = {name for name, c in commands.items() if name.startswith("bundle ")}
+    assert bundle == {f"bundle {n}" for n in
+                      ("show", "validate", "list", "path", "audit", "sign", "verify", "publish")}  # fmt: skip
 
 
 def test_show_numbers_rules_for_auditors() -> None:

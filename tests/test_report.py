@@ -169,10 +169,10 @@ def test_bad_options_fail_before_the_model_loads(tmp_path: Path) -> None:
     for spec, words in [("none", "always reported"), ("few-shot:x", "positive integer")]:
         res = runner.invoke(
             app,
-            ["report", "-b", "stereoset", "-d", str(data), "--baseline", spec, "--out", out],
+            ["report", "-b", "stereoset", "--data", str(data), "--baseline", spec, "--out", out],
         )
         assert res.exit_code != 0 and words in str(res.exception)
-    proc = pld_process("report", "-b", "no-such-bundle", "-d", str(data), "--out", out)
+    proc = pld_process("report", "-b", "no-such-bundle", "--data", str(data), "--out", out)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "no shipped bundle" in err
 
