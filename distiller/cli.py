@@ -2,9 +2,9 @@
 cluster` over ``pld.distiller.ruleset``.
 
 ``app`` is a group whose callback runs the pipeline when no subcommand is named, so that
-``pld distill --task ...`` works as it always did. Each command parses options, calls the public
-API and prints a readable report and a JSON line last. Importing it loads nothing heavy:
-``pld classify`` on a device imports this module through the root CLI.
+``pld distill --task ...`` distils and ``pld distill cluster`` clusters. Each command parses
+options, calls the public API and prints a readable report and a JSON line last. Importing it
+loads nothing heavy: ``pld classify`` on a device imports this module through the root CLI.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def distill(
         given = {"--task": task, "--train": train, "--dev": dev, "--teacher": teacher, "--out": out}
         missing = ", ".join(f"'{name}'" for name, value in given.items() if value is None)
         ctx.fail(f"Missing option {missing}.")  # a usage error: exit code 2
-    from pld.runtime.bundle import load_bundle
+    from pld.runtime import load_bundle
 
     try:
         from pld.distiller.pipeline import Settings

@@ -10,22 +10,32 @@ from .bundle import (
     Instruction,
     Label,
     Metrics,
+    RuleEffect,
     RuntimeSettings,
     Student,
     Task,
     load_bundle,
+    parse_bundle,
     render_system_prompt,
     save_bundle,
 )
-from .calibration import CalibrationChoice, apply_prior, calibration_applies, choose_calibration
+from .calibration import (
+    Calibration,
+    CalibrationChoice,
+    apply_prior,
+    calibration_applies,
+    choose_calibration,
+)
 from .classifier import Classifier, Prediction, Timings
-from .model import Model
-from .options import ClassifierOptions
+from .model import Model, quiet_llama
+from .options import DEVICE_STATES_KEPT, ClassifierOptions
 from .records import Record, read_records
-from .store import device_bundle_path, resolve_bundle_path, shipped_bundles
+from .store import device_bundle_path, device_run_settings, resolve_bundle_path, shipped_bundles
 
 __all__ = [
+    "DEVICE_STATES_KEPT",
     "Bundle",
+    "Calibration",
     "CalibrationChoice",
     "Classifier",
     "ClassifierOptions",
@@ -35,6 +45,7 @@ __all__ = [
     "Model",
     "Prediction",
     "Record",
+    "RuleEffect",
     "RuntimeSettings",
     "Student",
     "Task",
@@ -43,7 +54,10 @@ __all__ = [
     "calibration_applies",
     "choose_calibration",
     "device_bundle_path",
+    "device_run_settings",
     "load_bundle",
+    "parse_bundle",
+    "quiet_llama",
     "read_records",
     "render_audit",
     "render_system_prompt",
