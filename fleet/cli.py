@@ -193,12 +193,26 @@ def publish(
             "the channel's bundle from before). Widen it with pld channel promote.",
         ),
     ] = 100,
+    check_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-data",
+            help="TASK=FILE.jsonl: classify its first --check-n records ({text, label}) with the "
+            "student now and publish them as the task's acceptance check (repeatable).",
+        ),
+    ] = None,
+    check_n: Annotated[int, typer.Option(help="Records in each acceptance check.")] = 20,
+    check_tolerance: Annotated[
+        float, typer.Option(help="A device refuses below the recorded accuracy minus this.")
+    ] = 0.05,
     expires_in: ExpiresOpt = 30,
 ) -> None:
     """Copy bundles to DEST and sign the channel's next index (its version one higher)."""
     require_fleet_extra()
     from .keys import PublicKey, SigningKey
     from .publisher import publish as publish_bundles
+
+    checks = _check_sets(bundles, check_data or [], check_n, check_tolerance)
 
     result = publish_bundles(
         bundles,
@@ -208,9 +222,41 @@ def publish(
         root_keys=[PublicKey.load(p) for p in root_pub or []],
         carry=carry,
         rollout=rollout,
+        checks=checks,
         expires_in_days=expires_in,
     )
     _echo_result(result)
+
+
+def _check_sets(bundles: list[str], specs: list[str], n: int, tolerance: float) -> dict[str, bytes]:
+    """task -> a new acceptance check set, for each --check-data TASK=FILE."""
+    if not specs:
+        return {}
+    import msgspec as _msgspec
+
+    from pld.errors import InputError
+    from pld.runtime import load_bundle
+    from pld.runtime.store import resolve_bundle_path
+
+    from .acceptance import CheckSet, make_check_set
+
+    resolved = [resolve_bundle_path(b) for b in bundles]
+    paths = {load_bundle(p).task.name: p for p in resolved}
+    out: dict[str, bytes] = {}
+    for spec in specs:
+        task, sep, data = spec.partition("=")
+        if not sep or task not in paths:
+            raise InputError(
+                f"--check-data {spec!r}: give TASK=FILE for a task published here "
+                f"({', '.join(sorted(paths))})"
+            )
+        out[task] = make_check_set(paths[task], data, n=n, tolerance=tolerance)
+        check = _msgspec.json.decode(out[task], type=CheckSet)
+        typer.echo(
+            f"{task}: acceptance check of {len(check.cases)} inputs, {check.accuracy:.1%} on "
+            f"{check.backend} (devices refuse below {check.accuracy - check.tolerance:.1%})"
+        )
+    return out
 
 
 def _echo_result(result: PublishResult) -> None:

@@ -11,7 +11,10 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pld.runtime import Classifier
 
 __all__ = ["PrimeJob", "prime"]
 
@@ -23,6 +26,7 @@ class PrimeJob(NamedTuple):
     path: Path
     model: str
     allow_model_mismatch: bool
+    check: Any = None  # what ``on_opened`` needs to check the bundle (the puller's business)
 
 
 def prime(
@@ -30,9 +34,11 @@ def prime(
     states: Path,
     *,
     on_model_loaded: Callable[[], None] | None = None,
+    on_opened: Callable[[PrimeJob, Classifier], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, float], float]:
-    """Prime (or restore, when already saved) each job's prefix state into ``states``.
+    """Prime (or restore, when already saved) each job's prefix state into ``states``;
+    ``on_opened`` sees each primed classifier before it is closed (and may raise).
 
     Returns milliseconds per task (the classifier's open) and in all (model loads included).
     """
@@ -63,6 +69,8 @@ def prime(
                 try:
                     how = "restored" if clf.restore_ms is not None else "primed"
                     n_tokens = len(clf.prefix_tokens)
+                    if on_opened is not None:
+                        on_opened(job, clf)
                 finally:
                     clf.close()
                 per_task[job.task] = (time.perf_counter() - t0) * 1000

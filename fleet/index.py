@@ -25,6 +25,7 @@ __all__ = [
     "INDEX_TYPE",
     "KEYSET_TYPE",
     "ChannelIndex",
+    "CheckRef",
     "IndexEntry",
     "KeyRole",
     "KeySet",
@@ -41,6 +42,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
+
+
+class CheckRef(_Strict, frozen=True):
+    """An acceptance check set (``acceptance``): its file, length and sha256."""
+
+    file: str  # checks/<sha256>.json
+    length: int
+    sha256: str
 
 
 class IndexEntry(_Strict, frozen=True, omit_defaults=True):
@@ -61,6 +70,7 @@ class IndexEntry(_Strict, frozen=True, omit_defaults=True):
     student_sha256: str | None = None  # required by check_index; optional only to name the gap
     rollout: int = 100  # percent of devices (by bucket) that take this bundle
     previous: IndexEntry | None = None  # what the others run; rollout 100 and no previous itself
+    check: CheckRef | None = None  # inputs a device classifies before it activates the bundle
 
 
 class ChannelIndex(_Strict, frozen=True):
@@ -189,6 +199,17 @@ def check_entry(entry: IndexEntry, task: str) -> None:
             "with pld bundle publish from a bundle that records its student's sha256"
         )
     check_model_name(entry.student_model, f"the index entry of task {task!r}")
+    check = entry.check
+    if check is not None and (
+        not check.file.startswith("checks/")
+        or ".." in check.file
+        or "\\" in check.file
+        or check.length < 0
+        or not _HEX64.fullmatch(check.sha256)
+    ):
+        raise RejectedError(
+            f"the index names an unsafe check set for task {task!r}: {check.file!r}"
+        )
     if not 0 <= entry.rollout <= 100:
         raise RejectedError(
             f"the index gives task {task!r} a rollout of {entry.rollout}%; it must be 0 to 100"

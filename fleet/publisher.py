@@ -3,6 +3,7 @@
 A publication is files under DEST (a directory or any writable fsspec URL)::
 
     bundles/<sha256 of the file bytes>.pld.json   the bundle files, content-addressed
+    checks/<sha256>.json                            acceptance check sets, content-addressed
     channels/<channel>/index.json                   the channel's latest signed index
     channels/<channel>/index-<version>.json         every version published, kept for audit
     keys.json                                       the signed key set, once keys were rotated
@@ -43,7 +44,7 @@ import binascii
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -52,8 +53,9 @@ from pld.errors import BundleError, FleetError, RejectedError, SignatureError
 from pld.runtime.bundle import parse_bundle
 from pld.runtime.store import resolve_bundle_path
 
+from .acceptance import parse_check_set
 from .device import TrustedKeySet
-from .index import ChannelIndex, IndexEntry, KeyRole, KeySet, check_entry, utc_now
+from .index import ChannelIndex, CheckRef, IndexEntry, KeyRole, KeySet, check_entry, utc_now
 from .keys import PublicKey, SigningKey
 from .pull_keys import catch_up, role_map
 from .signed import Envelope, sign_document, verify_document
@@ -263,6 +265,7 @@ def publish(
     root_keys: Sequence[PublicKey] = (),
     carry: bool = True,
     rollout: int = 100,
+    checks: Mapping[str, bytes] | None = None,
     expires_in_days: float = 30,
     now: dt.datetime | None = None,
 ) -> PublishResult:
@@ -275,6 +278,9 @@ def publish(
     ``carry=False`` carries no task (after a rotation that reset the version floors).
     ``rollout`` < 100 starts a staged rollout: only that share of devices take the bundles, the
     others keep (or take) the bundle the channel served before, named as ``previous``.
+    ``checks`` maps a task to an acceptance check set's bytes (``acceptance.make_check_set``):
+    written as ``checks/<sha256>.json`` and named by the task's entry, so a device runs it
+    before it activates the bundle.
     """
     if not bundles:
         raise FleetError("nothing to publish; pass at least one bundle")
@@ -305,11 +311,28 @@ def publish(
             "overwrite a published version: restore index.json from the newest index-<N>.json"
         )
 
+    for task in checks or {}:
+        if task not in read:
+            raise FleetError(
+                f"a check set is given for task {task!r}, but no bundle for it; tasks published: "
+                f"{', '.join(sorted(read))}"
+            )
+    check_files: dict[str, tuple[str, bytes]] = {}
+    for task, data in (checks or {}).items():
+        raw, entry, src = read[task]
+        parse_check_set(data, task, entry.sha256, parse_bundle(raw, source=src).labels)
+        sha = hashlib.sha256(data).hexdigest()
+        ref = CheckRef(file=f"checks/{sha}.json", length=len(data), sha256=sha)
+        check_files[task] = (ref.file, data)
+        read[task] = (raw, msgspec.structs.replace(entry, check=ref), src)
     if rollout < 100:
         read = {
             task: (data, _staged(entry, previous, task, channel, rollout, carry), src)
             for task, (data, entry, src) in read.items()
         }
+    for rel, data in check_files.values():
+        if not (store.exists(rel) and store.read(rel, limit=len(data)) == data):
+            store.write(rel, data)
     published: list[PublishedTask] = []
     for task, (data, entry, _) in read.items():
         # content-addressed: a file of that name with the same bytes is this very bundle

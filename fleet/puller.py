@@ -23,10 +23,18 @@ from typing import Any
 import msgspec
 
 import pld.models as models
-from pld.errors import FleetError
+from pld.errors import FleetError, RejectedError
 from pld.runtime import Bundle
 from pld.runtime.bundle import parse_bundle
 
+from .acceptance import (
+    MAX_CHECK_BYTES,
+    CheckSet,
+    check_file_bytes,
+    judge,
+    measure,
+    parse_check_set,
+)
 from .device import (
     ActiveEntry,
     ChannelState,
@@ -37,7 +45,7 @@ from .device import (
     iso_now,
 )
 from .device_prime import PrimeJob, prime
-from .index import IndexEntry, check_bundle_bytes, check_index, utc_now
+from .index import CheckRef, IndexEntry, check_bundle_bytes, check_index, utc_now
 from .keys import PublicKey
 from .pull_faults import pause
 from .pull_fetch import check_student, download, read_limited
@@ -75,6 +83,7 @@ class TaskChange(_S, frozen=True):
     new_sha256: str
     allow_model_mismatch: bool
     timings: TaskTimings
+    acceptance: float | None = None  # accuracy on the bundle's check set, here (None: no check)
 
 
 class PullTimings(_S, frozen=True):
@@ -168,6 +177,10 @@ def pull(
     ``prime=False`` activates without priming (the first classifier to open a bundle primes
     it): for fleet simulations and tests, not for a device that serves.
 
+    A bundle whose index entry names an acceptance check set (``acceptance``) is activated
+    only if it classifies those inputs on this device about as well as where it was published
+    (checks run even with ``prime=False``).
+
     Each task's bundle is chosen by ``rollout.choose``: inside a staged rollout's share (by
     the device id in ``D/device-id``, made on the first pull) the index's bundle, outside it
     the index's ``previous`` one.
@@ -184,8 +197,7 @@ def pull(
             job.check_index(now or utc_now())
             job.fetch()
             pause("verified")
-            if prime:
-                job.prime()
+            job.prime(only_checked=not prime)
             job.activate()
             return job.result()
         finally:
@@ -215,6 +227,8 @@ class _Pull:
         self.active = dict(self.manifest.tasks) if self.manifest else {}
         self.todo: dict[str, IndexEntry] = {}
         self.ready: dict[str, tuple[Bundle, str, bool]] = {}  # bundle, model, mismatch
+        self.checks: dict[str, CheckSet] = {}
+        self.accepted: dict[str, float] = {}
         self.per_task: dict[str, dict[str, float]] = {}
         self.unchanged: list[str] = []
         self.held: list[str] = []
@@ -334,21 +348,58 @@ class _Pull:
                 )
                 if not kept:
                     self.dev.add_object(path, entry.sha256)
+            if entry.check is not None:
+                self.checks[task] = self._check_set(task, entry, entry.check, bundle, spent)
             self.ready[task] = (bundle, run_on, mismatch)
             self.say(f"{task}: {bundle.name} {bundle.version} verified ({entry.length} bytes)")
 
-    def prime(self) -> None:
-        """Prime every new bundle's prefix state into ``D/states`` before the switch."""
-        if not self.ready:
-            return
+    def _check_set(
+        self, task: str, entry: IndexEntry, ref: CheckRef, bundle: Bundle, spent: dict[str, float]
+    ) -> CheckSet:
+        """Fetch the entry's acceptance check set and verify it like a bundle."""
+        if ref.length > MAX_CHECK_BYTES:
+            raise RejectedError(
+                f"the check set of task {task!r} has {ref.length} bytes, over {MAX_CHECK_BYTES}"
+            )
+        with self.clock("fetch", spent):
+            data = read_limited(self.store, ref.file, ref.length)
+        assert data is not None
+        with self.clock("verify", spent):
+            check_file_bytes(data, ref, task)
+            return parse_check_set(data, task, entry.sha256, bundle.labels)
+
+    def prime(self, *, only_checked: bool = False) -> None:
+        """Prime every new bundle's prefix state into ``D/states`` before the switch, and run
+        the acceptance checks on the primed classifiers (``only_checked``: just those)."""
         jobs = [
-            PrimeJob(t, self.dev.object_path(self.todo[t].sha256), run_on, mismatch)
+            PrimeJob(
+                t, self.dev.object_path(self.todo[t].sha256), run_on, mismatch, self.checks.get(t)
+            )
             for t, (_, run_on, mismatch) in self.ready.items()
+            if not only_checked or t in self.checks
         ]
+        if not jobs:
+            return
+
+        def accept(job: PrimeJob, clf: Any) -> None:
+            if job.check is None:
+                return
+            accuracy = measure(clf, job.check)
+            self.say(
+                f"{job.task}: acceptance check {accuracy:.1%} on {len(job.check.cases)} inputs "
+                f"(recorded {job.check.accuracy:.1%}, tolerance {job.check.tolerance:.1%})"
+            )
+            judge(job.check, accuracy, self.todo[job.task].version)
+            self.accepted[job.task] = accuracy
+
         with self.clock("prime"):
             try:
                 ms, _ = prime(
-                    jobs, self.dev.states, on_model_loaded=lambda: pause("priming"), log=self.say
+                    jobs,
+                    self.dev.states,
+                    on_model_loaded=lambda: pause("priming"),
+                    on_opened=accept,
+                    log=self.say,
                 )
             except OSError as exc:
                 raise FleetError(
@@ -432,6 +483,7 @@ class _Pull:
                     old_sha256=old.sha256 if old else None,
                     new_sha256=self.todo[task].sha256,
                     allow_model_mismatch=mismatch,
+                    acceptance=self.accepted.get(task),
                     timings=TaskTimings(
                         fetch_ms=spent.get("fetch", 0.0),
                         verify_ms=spent.get("verify", 0.0),

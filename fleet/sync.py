@@ -97,6 +97,8 @@ def error_reason(exc: BaseException) -> str:
     """A short, stable reason for a failed attempt (a metric label)."""
     if isinstance(exc, RejectedError) and "expired at" in str(exc):
         return "expired"
+    if isinstance(exc, RejectedError) and str(exc).startswith("acceptance check failed"):
+        return "acceptance"
     for kind, reason in (
         (DeadlineError, "deadline"),
         (StoreError, "store"),
