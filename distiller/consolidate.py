@@ -6,6 +6,7 @@ system prompt fits a token limit. Knows nothing about the student beyond a token
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Annotated
 
@@ -13,7 +14,7 @@ import msgspec
 
 from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.cluster import Clustering, representatives
-from pld.distiller.extract import ExtractedRule, task_values
+from pld.distiller.extract import ExtractedRule, answer_of, task_values
 from pld.distiller.teacher import Teacher
 from pld.distiller.templates import prompt
 from pld.runtime.bundle import Instruction, Task, render_system_prompt
@@ -31,6 +32,17 @@ def _check(reply: Consolidated) -> str | None:
     if len(reply.instruction.split()) < 4:
         return "the instruction is too short; write one to three full sentences"
     return None
+
+
+def _leads_to(label: str, labels: list[str]) -> Callable[[Consolidated], str | None]:
+    """The merged rule must lead where most of the cluster's rules lead."""
+
+    def check(reply: Consolidated) -> str | None:
+        if answer_of(reply.instruction, labels) != label:
+            return f'the rule must lead to the label of the rules it merges: end it with "answer {label}."'
+        return None
+
+    return check
 
 
 def consolidate(
@@ -52,21 +64,22 @@ def consolidate(
     ``support`` is always the full cluster size.
     """
     values = task_values(task)
+    names = [x.name for x in task.labels]
     conversations = []
+    checks = []
     for members in clustering.clusters:
         shown = representatives(vectors, members, max_rules_per_cluster)
         listing = "\n".join(f"- ({rules[i].label}) {rules[i].rule}" for i in shown)
-        conversations.append(
-            [
-                {
-                    "role": "user",
-                    "content": prompt("consolidate", **values, n=len(shown), rules=listing),
-                }
-            ]
-        )
+        # the label most of the cluster's rules lead to (ties: the task's label order)
+        votes = Counter(rules[i].label for i in members)
+        label = max(names, key=lambda x: (votes[x], -names.index(x)))
+        content = prompt("consolidate", **values, n=len(shown), rules=listing, label=label)
+        conversations.append([{"role": "user", "content": content}])
+        checks.append(_leads_to(label, names))
     replies = ask_json(
         synthesis, conversations, Consolidated, label="consolidating clusters", check=_check,
-        concurrency=concurrency, max_repairs=max_repairs, stats=stats, show_progress=show_progress,
+        check_each=checks, concurrency=concurrency, max_repairs=max_repairs, stats=stats,
+        show_progress=show_progress,
     )  # fmt: skip
     out: list[Instruction] = []
     for c, (members, reply) in enumerate(zip(clustering.clusters, replies, strict=True)):

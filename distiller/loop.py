@@ -96,6 +96,7 @@ def conflict_loop(
         conversation = [{"role": "user", "content": prompt(
             "revise", **task_values(task), rules=listing, failures=failures,
             successes=successes, max_rules=max_rules,
+            summary=_summary(train, on_train.predictions, labels),
         )}]  # fmt: skip
         (reply,) = ask_json(
             synthesis, [conversation], Revision, label=f"round {r}: revising rules",
@@ -142,6 +143,20 @@ def _revised(
             round=old.round if old else round_,
         ))  # fmt: skip
     return out
+
+
+def _summary(examples: Sequence[Example], predictions: Sequence[str], labels: list[str]) -> str:
+    """What the student answered for each correct label, over every training input it ran: a
+    weak synthesis model sees a label the student never gives, which a few failures can hide."""
+    lines = []
+    for name in labels:
+        got = [p for ex, p in zip(examples, predictions, strict=True) if ex.label == name]
+        if got:
+            counts = ", ".join(f"{x} {got.count(x)}" for x in labels if got.count(x))
+            lines.append(
+                f"- correct label {name} ({len(got)} inputs): the student answered {counts}"
+            )
+    return "\n".join(lines)
 
 
 def _spread(

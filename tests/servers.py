@@ -124,10 +124,11 @@ def teacher_reply(body: dict[str, Any], axes: dict[str, int] = STEREOSET_AXES) -
         label = match[1]
         reply = {
             "rationale": f"The sentence fits {label}.",
-            "rule": f"When a sentence matches the pattern of this kind, answer {label}.",
+            # a condition of its own per label, as a teacher that knows the task writes
+            "rule": f"When a sentence shows the {label}-like pattern of this kind, answer {label}.",
         }
     elif "written independently" in text:
-        label = _label_of(text.split("recurring pattern:")[1], axes)
+        label = _label_of(text.split("recurring pattern")[1], axes)
         reply = {"instruction": f"Sentences that follow this shared pattern are {label}."}
     else:
         first, second = list(axes)[:2]
