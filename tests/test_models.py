@@ -290,8 +290,14 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
 
 def test_list_models_is_cheap_and_does_not_assemble() -> None:
     listed = {spec.name: path for spec, path in list_models()}
-    assert list(listed) == ["gemma-3-270m", "smollm2-135m-instruct", "gemma-3-4b-it"]
+    assert list(listed) == [
+        "gemma-3-270m",
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+        "gemma-3-4b-it",
+    ]
     assert listed["gemma-3-270m"] is None
+    assert listed["qwen2.5-coder-1.5b-instruct"] is None  # parts or not, nothing assembled here
     assert listed["smollm2-135m-instruct"] == resolve("smollm2-135m-instruct").path
     assert listed["gemma-3-4b-it"] is None
     assert not (models_dir() / "gemma-3-270m-q4_k_m.gguf").exists()
@@ -313,6 +319,8 @@ def test_cli_list_and_path() -> None:
     assert listed.exit_code == 0, listed.output
     for name in ("gemma-3-270m", "smollm2-135m-instruct", "gemma-3-4b-it"):
         assert name in listed.output
+    qwen = next(line for line in listed.output.splitlines() if "qwen2.5-coder" in line)
+    assert "./install.sh qwen" in qwen and "pld models pull qwen2.5-coder-1.5b-instruct" in qwen
     printed = runner.invoke(app, ["path", "smollm2-135m-instruct"])
     assert printed.exit_code == 0, printed.output
     assert Path(printed.output.strip()).is_file()
