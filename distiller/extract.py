@@ -23,7 +23,15 @@ from pld.errors import MalformedReplyError
 from pld.runtime.bundle import Task
 from pld.text import clip
 
-__all__ = ["Extraction", "ExtractedRule", "cached_rules", "extract_rules", "task_values"]
+__all__ = [
+    "Extraction",
+    "ExtractedRule",
+    "answer_of",
+    "cached_rules",
+    "extract_rules",
+    "label_pattern",
+    "task_values",
+]
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -59,13 +67,19 @@ def _check(reply: Extraction) -> str | None:
     return None
 
 
+def label_pattern(name: str) -> re.Pattern[str]:
+    """A label name as a whole word, any case ("stereotype" does not match inside
+    "anti-stereotype")."""
+    return re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])", re.IGNORECASE)
+
+
 def answer_of(text: str, labels: Sequence[str]) -> str | None:
     """The label a rule leads to: the one it names last, as a whole word (a label inside a
     longer one, "stereotype" in "anti-stereotype", is not counted); None if it names none."""
     spans: list[tuple[int, str]] = []
     masked = text.lower()
     for name in sorted(labels, key=len, reverse=True):
-        pattern = re.compile(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])")
+        pattern = label_pattern(name)
         for m in pattern.finditer(masked):
             spans.append((m.start(), name))
         masked = pattern.sub(lambda m: " " * len(m.group()), masked)

@@ -9,13 +9,13 @@ the others are dropped (a tie drops them all). Knows no teacher, model or prompt
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
 
 from pld.distiller.cluster import cluster_vectors
+from pld.distiller.extract import label_pattern
 
 __all__ = ["CONFLICT_EPS", "Conflict", "find_conflicts", "mask_labels"]
 
@@ -37,7 +37,7 @@ class Conflict(msgspec.Struct, frozen=True, kw_only=True):
 def mask_labels(text: str, labels: Sequence[str]) -> str:
     """``text`` with every label name replaced by LABEL (longest names first, whole words)."""
     for name in sorted(labels, key=len, reverse=True):
-        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "LABEL", text, flags=re.I)
+        text = label_pattern(name).sub("LABEL", text)
     return text
 
 
