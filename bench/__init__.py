@@ -8,7 +8,8 @@ batch size; ``load_serve`` is the server's load test (``python -m pld.bench.load
 every benchmark runs on. Accuracy lives in ``pld.evals``. Importing this package does no work.
 """
 
-from .compare import format_compare, run_compare
+from .compare import run_compare
+from .compare_summary import format_compare
 from .inputs import default_bundle, default_inputs
 from .latency import format_latency, run_latency
 from .scaling import ScalingConfig, format_scaling, run_scaling

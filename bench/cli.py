@@ -115,7 +115,8 @@ def compare(
     """pld against create_chat_completion (with and without LlamaRAMCache) and llama-server.
 
     Every contender runs with --threads and --gpu-layers; --batch-size is pld_batched's."""
-    from .compare import format_compare, run_compare
+    from .compare import run_compare
+    from .compare_summary import format_compare
 
     r = run_compare(
         bundle=bundle,
@@ -135,7 +136,7 @@ def compare(
     if json_out is not None:
         json_out.write_bytes(msgspec.json.encode(r))
     typer.echo(format_compare(r))
-    typer.echo(msgspec.json.encode({k: v for k, v in r.items() if k != "per_request"}).decode())
+    typer.echo(msgspec.json.encode(r.line()).decode())
 
 
 bench_app.command("compare")(compare)

@@ -12,12 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import data_file
 from typer.testing import CliRunner
 
+from pld.bench.chat import EOS, chat_template, label_grammar, match_label, user_message
 from pld.bench.compare import CONTENDERS, default_server_bin, run_compare
-from pld.bench.contenders import label_grammar, match_label
+from pld.bench.compare_summary import Tally, format_compare, summarize
+from pld.bench.compare_types import CompareResult, RequestRecord
+from pld.bench.worker_protocol import Reply
 from pld.cli import app
 from pld.errors import ConfigError, DataError
 from pld.paths import cache_dir
@@ -43,6 +47,52 @@ def test_label_grammar_is_valid_gbnf_and_escapes_quotes() -> None:
     gbnf = label_grammar(['say "yes"', "no\\"])
     assert gbnf == r'root ::= "say \"yes\"" | "no\\"'
     LlamaGrammar.from_string(gbnf, verbose=False)  # raises on a malformed grammar
+
+
+def test_chat_templates_are_package_data_and_render_the_system_prompt() -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    messages: Any = [
+        {"role": "system", "content": "SYSTEM"},
+        {"role": "user", "content": user_message("TEXT")},
+    ]
+    for chat_format, (bos, eos) in EOS.items():
+        formatter = Jinja2ChatFormatter(template=chat_template(chat_format), eos_token=eos,
+                                        bos_token=bos)  # fmt: skip
+        prompt = formatter(messages=messages).prompt
+        assert prompt.index("SYSTEM") < prompt.index("Input:\nTEXT"), chat_format
+    with pytest.raises(ConfigError, match="no chat template"):
+        chat_template("llama-2")
+
+
+def _tally(name: str, ms: list[float], **kw: Any) -> Tally:
+    t = Tally(name, cap=len(ms), ms=ms, labels=dict.fromkeys(range(len(ms)), "a"), **kw)
+    reply = Reply(ms=0.0, labels=["a"], texts=["a"], prompt_tokens=[100], evaluated=10)
+    t.records = [RequestRecord.of(i, 0, msgspec.structs.replace(reply, ms=x)) for i, x in
+                 enumerate(ms)]  # fmt: skip
+    return t
+
+
+def test_summary_keys_say_what_ran_and_why_not() -> None:
+    tally = {name: Tally(name, reason="skipped (--skip)") for name in CONTENDERS}
+    tally["pld"] = _tally("pld", [10.0, 20.0], cold_ms=50.0)
+    tally["chat_completion"] = _tally("chat_completion", [40.0, 80.0], cold_reason="it failed")
+    result = summarize(tally, bundle="b", model="m", prefix_tokens=100, requests=2, repeats=1,
+                       distinct=True, threads=1, grammar=True, batch_size=8, inputs=["x", "y"])  # fmt: skip
+    line = json.loads(msgspec.json.encode(result.line()))
+    assert "per_request" not in line and set(line["contenders"]) == set(CONTENDERS)
+    assert line["vs_chat_completion"] == 4.0 and "vs_chat_completion_reason" not in line
+    assert line["vs_llama_server"] is None and line["vs_llama_server_reason"] == "skipped (--skip)"
+    assert line["pld_batched_per_request_ms"] is None and line["pld_batched_per_request_ms_reason"]
+    pld, chat, skipped = (line["contenders"][n] for n in ("pld", "chat_completion", "llama_server"))
+    assert list(skipped) == ["ran", "reason", "cold_start_ms", "cold_start_reason", "settings"]
+    assert "paired_ratio_p50" not in pld and chat["paired_ratio_p50"] == 4.0
+    assert pld["cold_start_ms"] == 50.0 and "cold_start_reason" not in pld
+    assert chat["cold_start_ms"] is None and chat["cold_start_reason"] == "it failed"
+    assert "cache_n" not in json.loads(msgspec.json.encode(result))["per_request"]["pld"][0]
+    assert msgspec.json.decode(msgspec.json.encode(result), type=CompareResult) == result
+    table = format_compare(result)
+    assert "chat_completion" in table and "4.0x" in table and "llama_server: skipped" in table
 
 
 def test_bad_options_name_the_fix(tmp_path: Path) -> None:
