@@ -1,7 +1,7 @@
 """The scaling sweeps' figures: two panels per sweep drawn to a PNG with the command and machine
 in its footer. Knows matplotlib (the bench extra, imported only inside functions and always on the
 Agg backend, so importing this module costs nothing and needs no display) and the columns of the
-rows ``pld.bench.scaling`` measures; it measures nothing itself.
+rows ``pld.bench.sweeps`` measures (as the CSV's columns); it measures nothing itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`pld bench scaling`: parses the grid's options into a ``ScalingConfig``, runs the sweeps
 through ``run_scaling`` and prints the tables, then one JSON line. Owns no measuring and no
-drawing (those live in ``pld.bench.scaling`` and ``pld.bench.plots``).
+drawing (those live in ``pld.bench.scaling``, ``sweeps`` and ``plots``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import typer
 from pld.errors import ConfigError
 from pld.runtime.cli_options import GpuLayersOpt, ModelOpt, ThreadsOpt, bundle_option, data_option
 
-from .scaling import SWEEPS, ScalingConfig, format_scaling, run_scaling
+from .scaling import format_scaling, run_scaling
+from .scaling_config import SWEEPS, ScalingConfig
 
 __all__ = ["BENCH_BUNDLE", "BENCH_DATA", "scaling"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pld.bench.scaling import ScalingConfig
+from pld.bench import ScalingConfig
 from pld.cli import app
 from pld.errors import ConfigError
 
