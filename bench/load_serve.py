@@ -6,13 +6,13 @@ requests go before a `pld device pull` of new versions, a third are sent once th
 are visible, then `pld device rollback`, and a third after the rollback is visible. Reports
 failures, versions that were wrong for the time they were answered, p50/p99 before/during/after
 the swap, and throughput against the same requests through in-process ``Classifier``s.
-``batching``: `--max-batch 1` against `--max-batch N` under the same load, two servers started
+``batching``: `--batch-size 1` against `--batch-size N` under the same load, two servers started
 once, waves of the same requests alternating between them (shipped bundles or the long one).
 ``rss``: peak RSS of one server with 1, 3, 6 bundles against N separate classifiers.
 ``ready``: time to ready, cold (no prefix states) and with the states a pull saved.
 
     python -m pld.bench.load_serve load --clients 8 --requests 2000
-    python -m pld.bench.load_serve batching --max-batch 8 --repeats 6 [--long]
+    python -m pld.bench.load_serve batching --batch-size 8 --repeats 6 [--long]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import typer
 
 from pld.metrics import percentile
 from pld.runtime import load_bundle
+from pld.runtime.cli_options import BatchSizeOpt, MaxBatchOpt, batch_size_of
 
 from .serve_costs import batching, ready, rss
 from .serve_harness import (
@@ -71,8 +72,7 @@ def valid_version(a: Answer, m: dict[str, float]) -> bool:
 
 def _in_process(dev: Path, plan: list[Request], threads: int) -> float:
     """Seconds to classify ``plan`` with in-process classifiers on one model, one thread."""
-    from pld.runtime import Classifier, ClassifierOptions, Model
-    from pld.runtime.store import device_bundle_path
+    from pld.runtime import Classifier, ClassifierOptions, Model, device_bundle_path
 
     model = Model.open("gemma-3-270m")
     opts = ClassifierOptions(n_threads=threads)
@@ -118,7 +118,7 @@ def run_load(
         if swap:
             device.publish(VERSIONS[1])  # pulled midway
         server = Server(
-            "--device-dir", str(device.dev), "--poll", "0.2", "--max-batch", str(max_batch),
+            "--device-dir", str(device.dev), "--poll", "0.2", "--batch-size", str(max_batch),
             "--batch-window-ms", str(batch_window_ms), "--max-queue", "1024",
             "--threads", str(threads),
             log_dir=root,
@@ -202,7 +202,8 @@ def load(
         int, typer.Option(help="Requests (with --swap: a third per phase, at least).")
     ] = 600,
     swap: Annotated[bool, typer.Option(help="Pull new versions and roll back midway.")] = True,
-    max_batch: Annotated[int, typer.Option(help="pld serve --max-batch.")] = 1,
+    batch_size: BatchSizeOpt = 1,
+    max_batch: MaxBatchOpt = None,
     batch_window_ms: Annotated[float, typer.Option(help="pld serve --batch-window-ms.")] = 0.0,
     compare: Annotated[
         int, typer.Option(help="Requests also run in-process for the overhead ratio (0: none).")
@@ -216,7 +217,8 @@ def load(
 ) -> None:
     """K clients, N requests, a pull and a rollback in the middle; a table, then one JSON line."""
     result = run_load(
-        clients=clients, requests=requests, swap=swap, max_batch=max_batch,
+        clients=clients, requests=requests, swap=swap,
+        max_batch=batch_size_of(batch_size, max_batch),
         batch_window_ms=batch_window_ms, compare=compare, threads=threads,
         batches=parse_sizes(batches), seed=seed, pull_nice=pull_nice,
     )  # fmt: skip

@@ -1,5 +1,5 @@
 """The server's costs beside the load test (commands of ``load_serve.py``): ``batching``, one
-at a time (`--max-batch 1`) against micro-batching under the same load; ``rss``, peak memory of one
+at a time (`--batch-size 1`) against micro-batching under the same load; ``rss``, peak memory of one
 server with several bundles against separate classifiers; ``ready``, time to ready, cold and with
 the prefix states a pull saved. Each prints a table, then one JSON line.
 """
@@ -21,6 +21,7 @@ import typer
 
 from pld.metrics import percentile
 from pld.progress import progress
+from pld.runtime.cli_options import BatchSizeOpt, MaxBatchOpt, batch_size_of
 
 from .inputs import default_bundle, default_texts
 from .serve_harness import (
@@ -55,11 +56,11 @@ def run_batching(
     seed: int = 0,
     log: Callable[[str], None] = log_stderr,
 ) -> dict[str, Any]:
-    """`pld serve --max-batch 1` against `--max-batch N`: two servers on the same bundles, started
+    """`pld serve --batch-size 1` against `--batch-size N`: two servers on the same bundles, started
     once; each repeat sends one wave of ``requests`` requests (K clients) to each, in alternating
     order, the same requests to both. Returns the JSON-able result."""
     if max_batch < 2:
-        raise typer.BadParameter(f"--max-batch {max_batch}: give 2 or more (1 is the baseline)")
+        raise typer.BadParameter(f"--batch-size {max_batch}: give 2 or more (1 is the baseline)")
     specs = [f"contractnli-long={default_bundle()}"] if long else list(TASKS)
     tasks = [s.split("=")[0] for s in specs]
     common = [a for s in specs for a in ("--bundle", s)]
@@ -77,10 +78,10 @@ def run_batching(
         try:
             for b in sizes:
                 servers[b] = Server(
-                    *common, "--max-batch", str(b), "--batch-window-ms", str(waits[b]),
+                    *common, "--batch-size", str(b), "--batch-window-ms", str(waits[b]),
                     log_dir=Path(tmp),
                 )  # fmt: skip
-                log(f"--max-batch {b}: ready in {servers[b].ready_s:.1f} s")
+                log(f"--batch-size {b}: ready in {servers[b].ready_s:.1f} s")
             for b in sizes:  # warm up each server with a wave it is not measured on
                 with Clients(servers[b].url, clients, warm, count=clients) as cl:
                     failed += sum(a.status != 200 for a in cl.join())
@@ -138,7 +139,8 @@ def run_batching(
 
 
 def batching(
-    max_batch: Annotated[int, typer.Option(help="The batched server's --max-batch.")] = 8,
+    batch_size: BatchSizeOpt = 8,
+    max_batch: MaxBatchOpt = None,
     batch_window_ms: Annotated[
         float, typer.Option(help="The batched server's --batch-window-ms.")
     ] = 5.0,
@@ -156,9 +158,11 @@ def batching(
     batches: BatchesOpt = BATCHES_TEXT,
     seed: Annotated[int, typer.Option(help="Seed of the request stream.")] = 0,
 ) -> None:
-    """--max-batch 1 against --max-batch N, interleaved waves; a table, then one JSON line."""
+    """--batch-size 1 against --batch-size N (the batched server's), interleaved waves; a
+    table, then one JSON line."""
     result = run_batching(
-        clients=clients, requests=requests, repeats=repeats, max_batch=max_batch,
+        clients=clients, requests=requests, repeats=repeats,
+        max_batch=batch_size_of(batch_size, max_batch),
         batch_window_ms=batch_window_ms, long=long, threads=threads,
         batches=parse_sizes(batches), seed=seed,
     )  # fmt: skip

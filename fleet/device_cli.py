@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-device_app = typer.Typer(no_args_is_help=True, help="Signed bundle updates on this device.")
+from pld.runtime.cli_options import AllowModelMismatchOpt, DeviceDirRequiredOpt, ModelOpt
 
-DeviceDirOpt = Annotated[Path, typer.Option("--device-dir", "-d", help="The device directory.")]
+device_app = typer.Typer(no_args_is_help=True, help="Signed bundle updates on this device.")
 
 
 def _need_fleet() -> None:
@@ -46,7 +46,7 @@ def pull_cmd(
     source: Annotated[
         str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
     ],
-    device_dir: DeviceDirOpt,
+    device_dir: DeviceDirRequiredOpt,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -58,14 +58,8 @@ def pull_cmd(
         int, typer.Option(help="Valid signatures from distinct trusted keys required.")
     ] = 1,
     channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
-    allow_model_mismatch: Annotated[
-        bool,
-        typer.Option(help="Accept bundles validated with another model file (recorded in status)."),
-    ] = False,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Run the bundles on this model (default: theirs)."),
-    ] = None,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
+    model: ModelOpt = None,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds one request to the store may take.")
     ] = 30.0,
@@ -83,7 +77,10 @@ def pull_cmd(
         ),
     ] = 19,
 ) -> None:
-    """Fetch, verify, prime and atomically activate what a signed channel index names."""
+    """Fetch, verify, prime and atomically activate what a signed channel index names.
+
+    With --allow-model-mismatch, a bundle validated with another model file is accepted, and
+    pld device status says so."""
     _need_fleet()
     if nice:
         os.nice(nice)  # this process only: priming a long prompt must not starve the server
@@ -132,7 +129,7 @@ def sync_cmd(
     source: Annotated[
         str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
     ],
-    device_dir: DeviceDirOpt,
+    device_dir: DeviceDirRequiredOpt,
     every: Annotated[
         str, typer.Option(help="Time between pulls: 30s, 15m, 1h (a number alone: seconds).")
     ] = "15m",
@@ -161,14 +158,8 @@ def sync_cmd(
         int, typer.Option(help="Valid signatures from distinct trusted keys required.")
     ] = 1,
     channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
-    allow_model_mismatch: Annotated[
-        bool,
-        typer.Option(help="Accept bundles validated with another model file (recorded in status)."),
-    ] = False,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Run the bundles on this model (default: theirs)."),
-    ] = None,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
+    model: ModelOpt = None,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds one request to the store may take.")
     ] = 30.0,
@@ -255,7 +246,7 @@ def _stamp(when: float | None) -> str:
 
 
 @device_app.command("status")
-def status_cmd(device_dir: DeviceDirOpt) -> None:
+def status_cmd(device_dir: DeviceDirRequiredOpt) -> None:
     """Show each task's active bundle, the index version it came from, and its last-known-good."""
     from .device_status import status
 
@@ -313,7 +304,7 @@ def status_cmd(device_dir: DeviceDirOpt) -> None:
 
 @device_app.command("rollback")
 def rollback_cmd(
-    device_dir: DeviceDirOpt,
+    device_dir: DeviceDirRequiredOpt,
     task: Annotated[
         str | None, typer.Option("--task", "-t", help="The task (default: every task).")
     ] = None,

@@ -18,23 +18,28 @@ __all__ = [
     "AllowModelMismatchOpt",
     "BatchSizeOpt",
     "BundleOpt",
+    "BundlesOpt",
     "CalibrateOpt",
     "DataOpt",
     "DeviceDirOpt",
+    "DeviceDirRequiredOpt",
     "FlashAttnOpt",
     "GpuLayersOpt",
     "KvTypeOpt",
+    "MaxBatchOpt",
     "ModelOpt",
     "NCtxOpt",
     "ThreadsOpt",
     "TruncateOpt",
     "UbatchOpt",
+    "batch_size_of",
     "bundle_option",
     "classifier_options",
     "data_option",
 ]
 
 BUNDLE_HELP = "Bundle file or shipped bundle name (see 'pld bundle list')."
+DEVICE_DIR_HELP = "Device directory ('pld device pull' fills it with the active bundles)."
 DATA_HELP = "JSON Lines records: 'text' (and 'id'), with 'label' where accuracy is measured."
 
 
@@ -48,19 +53,18 @@ def data_option(default: str) -> Any:
     return typer.Option("--data", help=DATA_HELP, show_default=default)
 
 
-# --data has no short form: -d is --device-dir in `pld serve` and `pld device`.
+# --data has no short form: -d is --device-dir wherever a command takes one.
 BundleOpt = Annotated[str, typer.Option("--bundle", "-b", help=BUNDLE_HELP)]
+# a command that serves several bundles at once takes --bundle once per bundle
+BundlesOpt = Annotated[list[str] | None, typer.Option("--bundle", "-b", help=BUNDLE_HELP)]
 DataOpt = Annotated[Path, typer.Option("--data", help=DATA_HELP)]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name or .gguf path (default: the bundle's student)."),
 ]
-DeviceDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--device-dir", help="Device directory ('pld device pull' fills it): use its active bundle."
-    ),
-]
+DeviceDirOpt = Annotated[Path | None, typer.Option("--device-dir", "-d", help=DEVICE_DIR_HELP)]
+# the same option for the commands that work on a device directory and nothing else
+DeviceDirRequiredOpt = Annotated[Path, typer.Option("--device-dir", "-d", help=DEVICE_DIR_HELP)]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads (0: all cores).")]
 GpuLayersOpt = Annotated[
     int, typer.Option("--gpu-layers", help="Layers to offload to a GPU (-1: all).")
@@ -71,6 +75,10 @@ BatchSizeOpt = Annotated[
         "--batch-size",
         help="Requests decoded together (1 is fastest on a CPU; raise it on a GPU).",
     ),
+]
+# --batch-size's earlier name in `pld serve`, still accepted and not shown (batch_size_of)
+MaxBatchOpt = Annotated[
+    int | None, typer.Option("--max-batch", hidden=True, help="The old name of --batch-size.")
 ]
 CalibrateOpt = Annotated[
     bool | None,
@@ -113,6 +121,11 @@ FlashAttnOpt = Annotated[
         "--flash-attn", help="Flash attention: on, off or auto (llama.cpp decides). Default: off."
     ),
 ]
+
+
+def batch_size_of(batch_size: int, max_batch: int | None) -> int:
+    """``--batch-size``, or the value given under its old name ``--max-batch``."""
+    return batch_size if max_batch is None else max_batch
 
 
 def classifier_options(

@@ -9,12 +9,22 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pld.errors import ConfigError, DependencyError, InputError
+from pld.runtime.cli_options import (
+    BatchSizeOpt,
+    BundlesOpt,
+    DeviceDirOpt,
+    GpuLayersOpt,
+    MaxBatchOpt,
+    ThreadsOpt,
+    TruncateOpt,
+    batch_size_of,
+    classifier_options,
+)
 
 __all__ = ["serve"]
 
@@ -32,20 +42,8 @@ def require_serve_extra() -> None:
 
 
 def serve(
-    device_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--device-dir", "-d", help="Serve every task active in this device directory."
-        ),
-    ] = None,
-    bundle: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--bundle",
-            "-b",
-            help="[TASK=]bundle file or shipped name (repeatable), instead of --device-dir.",
-        ),
-    ] = None,  # fmt: skip
+    device_dir: DeviceDirOpt = None,
+    bundle: BundlesOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = (
         "127.0.0.1"
     ),
@@ -55,15 +53,12 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Most inputs waiting over all requests (503 + Retry-After).")
     ] = 256,
-    max_batch: Annotated[
-        int, typer.Option(help="Inputs decoded together (1 is fastest on a CPU; more on a GPU).")
-    ] = 1,
+    batch_size: BatchSizeOpt = 1,
+    max_batch: MaxBatchOpt = None,
     batch_window_ms: Annotated[
-        float, typer.Option(help="With --max-batch > 1: wait this long for a fuller batch.")
+        float, typer.Option(help="With --batch-size > 1: wait this long for a fuller batch.")
     ] = 0.0,
-    truncate: Annotated[
-        bool, typer.Option(help="Cut inputs that do not fit the context instead of a 422.")
-    ] = False,
+    truncate: TruncateOpt = False,
     admin_token: Annotated[
         str | None,
         typer.Option(
@@ -76,17 +71,20 @@ def serve(
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request head may take to arrive.")
     ] = 10.0,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: all cores).")] = 0,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload to a GPU (-1: all).")] = 0,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
     poll: Annotated[
         float, typer.Option(help="Seconds between checks of the device directory for a pull.")
     ] = 1.0,
 ) -> None:
     """Serve every task of a device directory (or some bundles) over HTTP on one loaded model.
 
-    POST /v1/classify {"task", "inputs": [...]} | {"text": ...}; GET /v1/tasks, /healthz,
-    /readyz, /metrics; POST /v1/reload (or SIGHUP). SIGTERM drains and exits 0.
+    Give --device-dir, or --bundle [TASK=]NAME_OR_PATH once per task. POST /v1/classify
+    {"task", "inputs": [...]} | {"text": ...}; GET /v1/tasks, /healthz, /readyz, /metrics;
+    POST /v1/reload (or SIGHUP). SIGTERM drains and exits 0. With --truncate, an input too
+    long for the context is cut instead of answered 422.
     """
+    batch_size = batch_size_of(batch_size, max_batch)
     if admin_token is not None and not admin_token.strip():
         raise ConfigError(
             "--admin-token is empty: anyone could reload; give a long random token (e.g. "
@@ -95,7 +93,7 @@ def serve(
     if (device_dir is None) == (not bundle):
         raise InputError("give --device-dir D or one or more --bundle NAME_OR_PATH (not both)")
     for name, value in (("--max-body", max_body), ("--max-inputs", max_inputs),
-                        ("--max-queue", max_queue), ("--max-batch", max_batch),
+                        ("--max-queue", max_queue), ("--batch-size", batch_size),
                         ("--max-connections", max_connections)):  # fmt: skip
         if value < 1:
             raise ConfigError(f"{name} is {value}; give a positive number")
@@ -111,8 +109,6 @@ def serve(
             "could never be admitted; raise --max-queue"
         )
     require_serve_extra()
-    from pld.runtime import ClassifierOptions
-
     from .registry import BundleSource, DeviceSource, Source
     from .server import run
     from .service import ServeOptions
@@ -137,15 +133,15 @@ def serve(
             max_body=max_body,
             max_inputs=max_inputs,
             max_queue=max_queue,
-            max_batch=max_batch,
+            max_batch=batch_size,
             batch_window_ms=batch_window_ms,
             admin_token=admin_token,
             poll_s=poll,
             max_connections=max_connections,
             header_timeout_s=header_timeout,
         ),
-        classifier=ClassifierOptions(
-            truncate=truncate, n_threads=threads, n_gpu_layers=gpu_layers, max_batch=max_batch
+        classifier=classifier_options(
+            truncate=truncate, threads=threads, gpu_layers=gpu_layers, batch_size=batch_size
         ),
     )
     import msgspec

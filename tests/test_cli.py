@@ -47,23 +47,21 @@ def _commands(group: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def test_shared_options_have_one_name_and_one_help() -> None:
-    # serve and device declare theirs apart for now (-d there is --device-dir)
-    commands = {
-        path: command
-        for path, command in _commands(typer.main.get_command(app)).items()
-        if path.split()[0] not in ("serve", "device")
-    }
+    commands = _commands(typer.main.get_command(app))
     shared = ["--bundle", "--data", "--model", "--threads", "--gpu-layers", "--batch-size",
               "--device-dir", "--calibrate", "--allow-model-mismatch", "--kv-type", "--ubatch",
               "--flash-attn", "--n-ctx", "--truncate"]  # fmt: skip
     helps: dict[str, set[str | None]] = {name: set() for name in shared}
-    for command in commands.values():
+    for path, command in commands.items():
         for param in command.params:
             for name in set(param.opts) & set(shared):
                 helps[name].add(getattr(param, "help", None))
-            assert "-d" not in param.opts and "--max-batch" not in param.opts
+            # -d means --device-dir wherever it is taken; --max-batch survives only hidden
+            assert "-d" not in param.opts or "--device-dir" in param.opts, path
+            assert "--max-batch" not in param.opts or getattr(param, "hidden", False), path
     assert {name: len(h) for name, h in helps.items()} == dict.fromkeys(shared, 1)
-    assert {"classify", "eval", "report", "bundle audit", "bench latency"} <= set(commands)
+    assert {"classify", "eval", "report", "bundle audit", "bench latency", "serve",
+            "device pull", "device status"} <= set(commands)  # fmt: skip
     bundle = {name for name, c in commands.items() if name.startswith("bundle ")}
     assert bundle == {f"bundle {n}" for n in
                       ("show", "validate", "list", "path", "audit", "sign", "verify", "publish")}  # fmt: skip

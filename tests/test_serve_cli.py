@@ -68,3 +68,13 @@ def test_a_task_given_twice_is_refused() -> None:
     with pytest.raises(BundleError, match="given twice"):
         BundleSource(["stereoset", "stereoset"])
     assert list(BundleSource(["stereoset", "again=stereoset"]).files) == ["stereoset", "again"]
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-batch"])
+def test_batch_size_has_one_name_and_its_old_one_still_works(flag: str) -> None:
+    # the check runs before the serve extra or a model is touched
+    result = runner.invoke(app, ["serve", "--bundle", "stereoset", flag, "0"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "--batch-size is 0" in str(result.exception)
+    help_text = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "--batch-size" in help_text and "--max-batch" not in help_text
