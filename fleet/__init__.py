@@ -1,4 +1,5 @@
-"""pld.fleet: signed bundle updates for devices (publish, pull, activate, roll back).
+"""pld.fleet: signed bundle updates for devices (publish, pull, activate, roll back, and the
+sync agent's state that monitoring reads).
 
 Needs the ``fleet`` extra (cryptography, fsspec, aiohttp); ``pld.runtime`` never imports it.
 Importing this package loads nothing: each name below is imported from its module (``_LAZY``)
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pld.fleet.keys import PublicKey, SigningKey, generate_keys
     from pld.fleet.publisher import PublishedTask, PublishResult, publish, rotate_keys
     from pld.fleet.puller import PullResult, pull
+    from pld.fleet.sync_state import SyncState, read_sync_state
 
 __all__ = [
     "DeviceDir",
@@ -30,9 +32,11 @@ __all__ = [
     "PullResult",
     "RollbackResult",
     "SigningKey",
+    "SyncState",
     "generate_keys",
     "publish",
     "pull",
+    "read_sync_state",
     "rollback",
     "rotate_keys",
     "sign_bundle",
@@ -52,9 +56,11 @@ _LAZY = {
     "PullResult": "puller",
     "RollbackResult": "device_status",
     "SigningKey": "keys",
+    "SyncState": "sync_state",
     "generate_keys": "keys",
     "publish": "publisher",
     "pull": "puller",
+    "read_sync_state": "sync_state",
     "rollback": "device_status",
     "rotate_keys": "publisher",
     "sign_bundle": "detached",

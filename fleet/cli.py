@@ -235,8 +235,7 @@ def _check_sets(bundles: list[str], specs: list[str], n: int, tolerance: float) 
     import msgspec as _msgspec
 
     from pld.errors import InputError
-    from pld.runtime import load_bundle
-    from pld.runtime.store import resolve_bundle_path
+    from pld.runtime import load_bundle, resolve_bundle_path
 
     from .acceptance import CheckSet, make_check_set
 

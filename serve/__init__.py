@@ -1,4 +1,4 @@
-"""pld serve: the on-device HTTP server (issue 11); imported by nothing but the CLI.
+"""pld serve: the on-device HTTP server; imported by nothing but the CLI.
 
 One process, one loaded model, every task of a device directory with its own primed prefix;
 a worker thread micro-batches a bounded queue; new bundles are primed beside the old ones and

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pld.fleet.sync_state import read_sync_state
+from pld.fleet import read_sync_state
 
 __all__ = ["BATCH_BUCKETS", "MS_BUCKETS", "ServeMetrics", "SyncCollector"]
 

@@ -22,10 +22,16 @@ from pathlib import Path
 import msgspec
 
 from pld.errors import BundleError
-from pld.runtime import Bundle, Classifier, ClassifierOptions, Model
-from pld.runtime.bundle import parse_bundle
-from pld.runtime.options import DEVICE_STATES_KEPT
-from pld.runtime.store import device_run_settings, resolve_bundle_path
+from pld.runtime import (
+    DEVICE_STATES_KEPT,
+    Bundle,
+    Classifier,
+    ClassifierOptions,
+    Model,
+    device_run_settings,
+    parse_bundle,
+    resolve_bundle_path,
+)
 
 __all__ = ["BundleSource", "DeviceSource", "Generation", "Registry", "ReloadResult", "Source"]
 
