@@ -21,7 +21,8 @@ from pld.bench.chat import EOS, chat_template, label_grammar, match_label, user_
 from pld.bench.compare import CONTENDERS, default_server_bin, run_compare
 from pld.bench.compare_summary import Tally, format_compare, summarize
 from pld.bench.compare_types import CompareResult, RequestRecord
-from pld.bench.worker_protocol import Reply
+from pld.bench.llama_server import ServerConfig
+from pld.bench.worker_protocol import Reply, SlotReply
 from pld.cli import app
 from pld.errors import ConfigError, DataError
 from pld.paths import cache_dir
@@ -63,6 +64,21 @@ def test_chat_templates_are_package_data_and_render_the_system_prompt() -> None:
         assert prompt.index("SYSTEM") < prompt.index("Input:\nTEXT"), chat_format
     with pytest.raises(ConfigError, match="no chat template"):
         chat_template("llama-2")
+
+
+def test_llama_server_command_line_and_slot_reply() -> None:
+    config = ServerConfig(model_path="m.gguf", template_file=Path("t.jinja"), n_ctx=512,
+                          threads=2, gpu_layers=0, swa_full=True, slot_dir=Path("slots"))  # fmt: skip
+    assert config.args("llama-server", 8081) == [
+        "llama-server", "-m", "m.gguf", "--host", "127.0.0.1", "--port", "8081", "-c", "512",
+        "-np", "1", "-t", "2", "-tb", "2", "-ngl", "0", "--jinja", "--chat-template-file",
+        "t.jinja", "--slot-save-path", "slots", "--swa-full",
+    ]  # fmt: skip
+    # the fields of llama-server's /slots reply that are read; the others are ignored
+    reply = {"id_slot": 0, "filename": "x.bin", "n_restored": 180, "n_read": 9000,
+             "timings": {"restore_ms": 3.5}}  # fmt: skip
+    slot = msgspec.convert(reply, SlotReply)
+    assert slot.n_restored == 180 and slot.timings["restore_ms"] == 3.5
 
 
 def _tally(name: str, ms: list[float], **kw: Any) -> Tally:
