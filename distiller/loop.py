@@ -100,7 +100,8 @@ def conflict_loop(
         )}]  # fmt: skip
         (reply,) = ask_json(
             synthesis, [conversation], Revision, label=f"round {r}: revising rules",
-            max_tokens=4096, max_repairs=max_repairs, stats=stats, show_progress=show_progress,
+            max_tokens=revision_tokens(max_rules), max_repairs=max_repairs, stats=stats,
+            show_progress=show_progress,
         )  # fmt: skip
         if reply is None:
             rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
@@ -143,6 +144,12 @@ def _revised(
             round=old.round if old else round_,
         ))  # fmt: skip
     return out
+
+
+def revision_tokens(max_rules: int) -> int:
+    """The longest revision the teacher may write: about 100 tokens a rule (one to three
+    sentences and its JSON), at most 4,096; a small teacher that rambles stops there."""
+    return min(4096, 128 + 100 * max_rules)
 
 
 def _summary(examples: Sequence[Example], predictions: Sequence[str], labels: list[str]) -> str:

@@ -199,15 +199,15 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
     from pld.models import resolve
     from pld.runtime.classifier import Classifier
 
-    server = LlamaServer(resolve("smollm2-135m-instruct").path, tmp_path / "server.log", n_ctx=2048)
+    server = LlamaServer(resolve("smollm2-135m-instruct").path, tmp_path / "server.log")
     server.start()
     cache, out = tmp_path / "cache", tmp_path / "ss.pld.json"
     args = [
         "distill", "--task", "stereoset", "--train", str(data_file("stereoset", "train")),
         "--dev", str(data_file("stereoset", "dev")), "--teacher", f"openai:smollm2@{server.url}",
         "--structured-output", "json_object", "--limit", "9", "--dev-limit", "9", "--loop-limit", "6",
-        "--min-samples", "2", "--eps", "0.6", "--rounds", "1", "--concurrency", "1", "--retries", "2",
-        "--timeout", "60", "--cache-dir", str(cache), "--out", str(out), "--no-progress",
+        "--min-samples", "2", "--eps", "0.6", "--rounds", "1", "--max-rules", "6", "--concurrency", "1",
+        "--retries", "2", "--timeout", "60", "--cache-dir", str(cache), "--out", str(out), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
