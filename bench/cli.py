@@ -92,7 +92,8 @@ def compare(
         list[str] | None,
         typer.Option(
             help="Contenders to leave out (repeat or comma-separate): pld_batched, "
-            "chat_completion, chat_completion_cached, llama_server, llama_server_swa_full."
+            "chat_completion, chat_completion_cached, chat_completion_logprobs, llama_server, "
+            "llama_server_swa_full, llama_server_logprobs, llama_server_logprobs_swa_full."
         ),
     ] = None,
     grammar: Annotated[
@@ -112,7 +113,8 @@ def compare(
         typer.Option(help="Also write the full result, with every request, to this file."),
     ] = None,
 ) -> None:
-    """pld against create_chat_completion (with and without LlamaRAMCache) and llama-server.
+    """pld against create_chat_completion (with and without LlamaRAMCache), create_completion
+    reading one token's logits, and llama-server (generating, or one token's log-probabilities).
 
     Every contender runs with --threads and --gpu-layers; --batch-size is pld_batched's."""
     from .compare import run_compare

@@ -1,9 +1,12 @@
 """`pld bench compare`: pld against what a user would run instead, same model, prompt and inputs.
 
 Contenders, each in its own process so that peak memory is its own: pld one at a time and
-batched, llama-cpp-python's ``create_chat_completion`` without and with its ``LlamaRAMCache``
-(``contenders.py``, driven through ``workers.py``), and llama.cpp's ``llama-server`` with its
-default sliding-window cache and with ``--swa-full`` (``llama_server.py``). Each is warmed up,
+batched, llama-cpp-python's ``create_chat_completion`` without and with its ``LlamaRAMCache`` and
+its ``create_completion`` reading one token's logits (``contenders.py``, driven through
+``workers.py``), and llama.cpp's ``llama-server`` generating through its chat endpoint or reading
+one token's log-probabilities from ``/completion``, each with its default sliding-window cache and
+with ``--swa-full`` (``llama_server.py``). The logprobs contenders choose the label whose first
+token scores highest, pld's own rule when the labels' first tokens differ. Each is warmed up,
 then requests go round-robin (order rotated per input) over repeats; cold start is timed from a
 fresh process to its first answer. Reports what each contender says it evaluated, never what its
 documentation says it should; the numbers are ``compare_summary.py``'s.
@@ -11,7 +14,6 @@ documentation says it should; the numbers are ``compare_summary.py``'s.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import sys
 import tempfile
@@ -25,15 +27,14 @@ from typing import Any
 import msgspec
 
 from pld.errors import ConfigError, DataError, PldError
-from pld.paths import cache_dir
 from pld.progress import progress
 from pld.runtime import read_records
 
-from .chat import chat_template
+from .chat import chat_template, completion_prompt
 from .compare_summary import Tally, summarize
 from .compare_types import BatchRecord, ColdStart, CompareResult, RequestRecord
 from .inputs import default_bundle, default_inputs
-from .llama_server import LlamaServer, ServerConfig
+from .llama_server import LlamaServer, ServerConfig, default_server_bin
 from .worker_protocol import Kind, PldInfo, Reply, WorkerSpec, settings_of
 from .workers import Worker, cold_answer
 
@@ -44,18 +45,21 @@ CONTENDERS = (
     "pld_batched",
     "chat_completion",
     "chat_completion_cached",
+    "chat_completion_logprobs",
     "llama_server",
     "llama_server_swa_full",
+    "llama_server_logprobs",
+    "llama_server_logprobs_swa_full",
 )
-SERVERS = {"llama_server": False, "llama_server_swa_full": True}  # name -> --swa-full
+SERVERS = {  # name -> --swa-full
+    "llama_server": False,
+    "llama_server_swa_full": True,
+    "llama_server_logprobs": False,
+    "llama_server_logprobs_swa_full": True,
+}
+# the contenders that read the first token's scores instead of generating the label
+LOGPROBS = ("chat_completion_logprobs", "llama_server_logprobs", "llama_server_logprobs_swa_full")
 WARMUPS = 2
-
-
-def default_server_bin(gpu: bool = False) -> Path:
-    """Where scripts/build_llama_server.sh caches the llama-server binary for this llama.cpp."""
-    version = importlib.metadata.version("llama-cpp-python")
-    flavour = "cuda" if gpu else "cpu"
-    return cache_dir() / "llama-server" / f"{version}-{flavour}" / "llama-server"
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,13 @@ class _Run:
         return info
 
     def _start(self, t: Tally) -> None:
-        if t.name in SERVERS:
+        firsts = self.info.label_first_tokens
+        if t.name in LOGPROBS and len(set(firsts)) < len(firsts):
+            t.reason = (
+                "the labels do not all differ in their first token (pld scores every token "
+                "then); a first-token contender cannot score them"
+            )
+        elif t.name in SERVERS:
             if not self.binary.is_file():
                 t.reason = (
                     f"llama-server binary not found at {self.binary}; build it with "
@@ -227,6 +237,8 @@ class _Run:
     def _worker_spec(self, name: str) -> WorkerSpec:
         if name == "pld_batched":
             return self.spec("pld_batched", state_dir=str(self.tmp / "states"))
+        if name == "chat_completion_logprobs":
+            return self.spec("chat_completion_logprobs", n_ctx=self.n_ctx, max_tokens=1)
         assert name in ("chat_completion", "chat_completion_cached")
         kind: Kind = "chat_completion" if name == "chat_completion" else "chat_completion_cached"
         return self.spec(kind, n_ctx=self.n_ctx, max_tokens=self.max_tokens)
@@ -237,6 +249,12 @@ class _Run:
         if isinstance(runner, LlamaServer):
             (text,) = texts
             info = self.info
+            if t.name in LOGPROBS:  # the client renders the prompt: timed with the request
+                t0 = time.perf_counter()
+                prompt = completion_prompt(info.chat_format, info.system_prompt, text)
+                render_ms = (time.perf_counter() - t0) * 1000
+                res = runner.first_token(prompt, info.labels, info.label_first_tokens)
+                return msgspec.structs.replace(res, ms=res.ms + render_ms)
             return runner.chat(
                 info.system_prompt, text, info.labels, self.max_tokens, self.base.grammar
             )
@@ -307,10 +325,11 @@ class _Run:
         t.batches.append(BatchRecord.of(round_, repeat, res))
 
     def finish(self) -> None:
-        """Save each live server's slot for its cold start, read every peak RSS, stop them all."""
+        """Save each generating server's slot for its cold start, read every peak RSS, stop
+        them all."""
         for name, runner in self.runners.items():
             t = self.tally[name]
-            if isinstance(runner, LlamaServer) and t.reason is None:
+            if isinstance(runner, LlamaServer) and t.reason is None and name not in LOGPROBS:
                 try:
                     runner.slot("save", f"{name}.bin")
                 except PldError as exc:
@@ -328,7 +347,8 @@ class _Run:
 
     def cold_starts(self, text: str) -> None:
         """Time a fresh process to its first answer: pld (restoring its saved prefix state),
-        create_chat_completion, and each server that saved its slot."""
+        create_chat_completion, and each generating server that saved its slot (the logprobs
+        contenders start the same way as their generating twins)."""
         self._cold_worker(
             self.tally["pld"], self.spec("pld", state_dir=str(self.tmp / "states")), text
         )
@@ -338,7 +358,7 @@ class _Run:
             )
         for name in SERVERS:
             t = self.tally[name]
-            if t.reason is None and t.cold_reason is None:
+            if name not in LOGPROBS and t.reason is None and t.cold_reason is None:
                 self._cold_server(t, text)
 
     def _cold_worker(self, t: Tally, spec: WorkerSpec, text: str) -> None:

@@ -31,6 +31,10 @@ NO_COLD_START = {
     "pld_batched": "same restore path as pld (one process, one prefix state file)",
     "chat_completion_cached": "LlamaRAMCache lives in the process: a fresh one has nothing to "
     "restore (the same path as chat_completion)",
+    "chat_completion_logprobs": "a fresh Llama has nothing to restore: the whole prompt, as "
+    "chat_completion's cold start, then one token",
+    "llama_server_logprobs": "the same start and slot restore as llama_server's",
+    "llama_server_logprobs_swa_full": "the same start and slot restore as llama_server_swa_full's",
 }
 
 
@@ -107,10 +111,16 @@ def summarize(
         vs_chat_completion_reason=why("chat_completion"),
         vs_chat_completion_cached=vs("chat_completion_cached"),
         vs_chat_completion_cached_reason=why("chat_completion_cached"),
+        vs_chat_completion_logprobs=vs("chat_completion_logprobs"),
+        vs_chat_completion_logprobs_reason=why("chat_completion_logprobs"),
         vs_llama_server=vs("llama_server"),
         vs_llama_server_reason=why("llama_server"),
         vs_llama_server_swa_full=vs("llama_server_swa_full"),
         vs_llama_server_swa_full_reason=why("llama_server_swa_full"),
+        vs_llama_server_logprobs=vs("llama_server_logprobs"),
+        vs_llama_server_logprobs_reason=why("llama_server_logprobs"),
+        vs_llama_server_logprobs_swa_full=vs("llama_server_logprobs_swa_full"),
+        vs_llama_server_logprobs_swa_full_reason=why("llama_server_logprobs_swa_full"),
         cold_start_ms={name: c.cold_start_ms for name, c in contenders.items()},
         contenders=contenders,
         per_request=PerRequest(inputs=inputs, **_records(tally)),

@@ -89,8 +89,11 @@ class PerRequest(msgspec.Struct, frozen=True, kw_only=True):
     pld_batched: list[BatchRecord] | UnsetType = UNSET
     chat_completion: list[RequestRecord] | UnsetType = UNSET
     chat_completion_cached: list[RequestRecord] | UnsetType = UNSET
+    chat_completion_logprobs: list[RequestRecord] | UnsetType = UNSET
     llama_server: list[RequestRecord] | UnsetType = UNSET
     llama_server_swa_full: list[RequestRecord] | UnsetType = UNSET
+    llama_server_logprobs: list[RequestRecord] | UnsetType = UNSET
+    llama_server_logprobs_swa_full: list[RequestRecord] | UnsetType = UNSET
     inputs: list[str]
 
 
@@ -135,7 +138,8 @@ class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
 
 class CompareResult(msgspec.Struct, frozen=True, kw_only=True):
     """The comparison: the setting, pld's p50, each contender's p50 over pld's (``vs_NAME``,
-    None with ``vs_NAME_reason`` when it did not run), cold starts and every contender's numbers.
+    None with ``vs_NAME_reason`` when it did not run), cold starts and every contender's numbers
+    (its ``label_agreement`` with pld among them).
     The JSON line leaves ``per_request`` out; ``--json-out`` keeps it."""
 
     bundle: str
@@ -153,10 +157,16 @@ class CompareResult(msgspec.Struct, frozen=True, kw_only=True):
     vs_chat_completion_reason: str | UnsetType = UNSET
     vs_chat_completion_cached: float | None
     vs_chat_completion_cached_reason: str | UnsetType = UNSET
+    vs_chat_completion_logprobs: float | None
+    vs_chat_completion_logprobs_reason: str | UnsetType = UNSET
     vs_llama_server: float | None
     vs_llama_server_reason: str | UnsetType = UNSET
     vs_llama_server_swa_full: float | None
     vs_llama_server_swa_full_reason: str | UnsetType = UNSET
+    vs_llama_server_logprobs: float | None
+    vs_llama_server_logprobs_reason: str | UnsetType = UNSET
+    vs_llama_server_logprobs_swa_full: float | None
+    vs_llama_server_logprobs_swa_full_reason: str | UnsetType = UNSET
     cold_start_ms: dict[str, float | None]
     contenders: dict[str, ContenderResult]
     per_request: PerRequest | UnsetType = UNSET

@@ -1,9 +1,10 @@
 """The in-process contenders of `pld bench compare`, each run the way its users run it, in a
 worker process of its own.
 
-A worker loads one contender (pld one at a time, pld batched, or llama-cpp-python's
-``Llama.create_chat_completion`` with or without its ``LlamaRAMCache``) and answers JSON lines on
-stdin (``worker_protocol``). Every answer says what was evaluated, so the driver (``compare.py``)
+A worker loads one contender (pld one at a time, pld batched, llama-cpp-python's
+``Llama.create_chat_completion`` with or without its ``LlamaRAMCache``, or its
+``create_completion`` reading one token's logits) and answers JSON lines on stdin
+(``worker_protocol``). Every answer says what was evaluated, so the driver (``compare.py``)
 reports what each contender really did. Knows the runtime's public API and llama-cpp-python's
 high-level one; llama.cpp's own server is ``llama_server.py``.
 
@@ -23,10 +24,18 @@ import msgspec
 
 from pld.errors import ConfigError
 
-from .chat import EOS, chat_template, label_grammar, match_label, user_message
+from .chat import (
+    EOS,
+    chat_template,
+    completion_prompt,
+    first_token_label,
+    label_grammar,
+    match_label,
+    user_message,
+)
 from .worker_protocol import ChatInfo, PldInfo, Reply, Request, SuffixTokens, WorkerSpec
 
-__all__ = ["ChatContender", "PldContender", "cold", "main", "serve"]
+__all__ = ["ChatContender", "LogprobsContender", "PldContender", "cold", "main", "serve"]
 
 
 class PldContender:
@@ -59,6 +68,7 @@ class PldContender:
             load_ms=load_ms,
             prefix_tokens=len(c.prefix_tokens),
             label_tokens=[len(t) for t in c.label_tokens],
+            label_first_tokens=[t[0] for t in c.label_tokens],
             prime_ms=c.prime_ms,
             restore_ms=c.restore_ms,
             calibrated=c.calibrated,
@@ -92,50 +102,34 @@ class PldContender:
         return [len(self.clf.request_tokens(t)[0]) for t in texts]
 
 
-class ChatContender:
-    """What a user writes first: ``Llama(...).create_chat_completion`` at temperature 0."""
+class _LlamaContender:
+    """A llama-cpp-python ``Llama`` on the bundle's model, kept alive between requests, with
+    the tokens of each request's first ``eval()`` counted (what it really evaluated after its
+    own prefix match or cache load)."""
 
     restored = False  # a fresh process has nothing to restore
 
     def __init__(self, spec: WorkerSpec) -> None:
         import llama_cpp
-        from llama_cpp.llama_cache import LlamaRAMCache
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        from llama_cpp.llama_grammar import LlamaGrammar
 
         from pld.models import resolve
         from pld.runtime import load_bundle, resolve_bundle_path
 
         bundle = load_bundle(resolve_bundle_path(spec.bundle))
-        resolved = resolve(spec.model or bundle.student.model)
+        self.resolved = resolve(spec.model or bundle.student.model)
         self.labels = list(bundle.labels)
         self.system = bundle.system_prompt
         self.spec = spec
-        template = chat_template(resolved.chat_format)
-        bos, eos = EOS[resolved.chat_format]
         self.llm = llama_cpp.Llama(
-            model_path=resolved.path,
+            model_path=self.resolved.path,
             n_ctx=spec.n_ctx,
             n_threads=spec.threads,
             n_threads_batch=spec.threads,
             n_gpu_layers=spec.gpu_layers,
             verbose=False,
         )
-        self.llm.chat_handler = Jinja2ChatFormatter(
-            template=template,
-            eos_token=eos,
-            bos_token=bos,
-            stop_token_ids=[self.llm.token_eos()],
-        ).to_chat_handler()
-        if spec.kind == "chat_completion_cached":
-            self.llm.set_cache(LlamaRAMCache(capacity_bytes=spec.ram_cache_mb << 20))
-        self.grammar = (
-            LlamaGrammar.from_string(label_grammar(self.labels), verbose=False)
-            if spec.grammar
-            else None
-        )
-        # Instrument, do not change: count the tokens of the first eval() of each request
-        # (the prompt the Llama really evaluates after its own prefix match or cache load).
+        # Instrument, do not change: count the tokens of each eval(); a request's first is the
+        # prompt the Llama really evaluates after its own prefix match or cache load.
         self._evals: list[int] = []
         inner = self.llm.eval
 
@@ -154,6 +148,31 @@ class ChatContender:
             swa_full=bool(p.swa_full),
             flash_attn_type=int(p.flash_attn_type),
             n_batch=self.llm.n_batch,
+        )
+
+
+class ChatContender(_LlamaContender):
+    """What a user writes first: ``Llama(...).create_chat_completion`` at temperature 0."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from llama_cpp.llama_cache import LlamaRAMCache
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        super().__init__(spec)
+        bos, eos = EOS[self.resolved.chat_format]
+        self.llm.chat_handler = Jinja2ChatFormatter(
+            template=chat_template(self.resolved.chat_format),
+            eos_token=eos,
+            bos_token=bos,
+            stop_token_ids=[self.llm.token_eos()],
+        ).to_chat_handler()
+        if spec.kind == "chat_completion_cached":
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=spec.ram_cache_mb << 20))
+        self.grammar = (
+            LlamaGrammar.from_string(label_grammar(self.labels), verbose=False)
+            if spec.grammar
+            else None
         )
 
     def answer(self, texts: list[str]) -> Reply:
@@ -182,9 +201,66 @@ class ChatContender:
         )
 
 
-def _open(spec: WorkerSpec) -> PldContender | ChatContender:
+class LogprobsContender(_LlamaContender):
+    """What a careful user writes: the rendered chat prompt through ``create_completion`` for one
+    token at temperature 0, and the label whose first token scores highest, which is pld's rule
+    when the labels' first tokens differ (the only case it is run for).
+
+    The next token's logits come through create_completion's public ``logits_processor`` hook.
+    Its ``logprobs=`` would need ``Llama(logits_all=True)``: the output layer for every prompt
+    token, an n_ctx x n_vocab score matrix (1 MB a row with Gemma 3's vocabulary) and a
+    log-softmax of every evaluated row on each request, which no careful user keeps. The ``Llama``
+    stays alive and keeps its prefix match between calls: it re-evaluates only the tokens after
+    the longest common prefix with the previous prompt.
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        super().__init__(spec)
+        firsts = [self.llm.tokenize(lab.encode(), add_bos=False, special=False)[0]
+                  for lab in self.labels]  # fmt: skip
+        if len(set(firsts)) < len(firsts):
+            raise ConfigError(
+                f"the labels {self.labels} do not all differ in their first token; a "
+                "first-token contender cannot score them"
+            )
+        self.first_tokens = firsts
+        self._scores: dict[int, float] = {}
+
+    def _capture(self, input_ids: Any, logits: Any) -> Any:
+        self._scores = {tok: float(logits[tok]) for tok in self.first_tokens}
+        return logits
+
+    def answer(self, texts: list[str]) -> Reply:
+        """One token after the rendered prompt; the label is the best-scoring first token."""
+        from llama_cpp import LogitsProcessorList
+
+        (text,) = texts
+        self._evals.clear()
+        self._scores = {}
+        t0 = time.perf_counter()
+        prompt = completion_prompt(self.resolved.chat_format, self.system, text)
+        out: Any = self.llm.create_completion(
+            prompt,
+            max_tokens=1,
+            temperature=0.0,
+            logits_processor=LogitsProcessorList([self._capture]),
+        )
+        ms = (time.perf_counter() - t0) * 1000
+        return Reply(
+            ms=ms,
+            labels=[first_token_label(self._scores, self.labels, self.first_tokens)],
+            texts=[out["choices"][0]["text"]],
+            prompt_tokens=[out["usage"]["prompt_tokens"]],
+            completion_tokens=out["usage"]["completion_tokens"],
+            evaluated=self._evals[0] if self._evals else 0,
+        )
+
+
+def _open(spec: WorkerSpec) -> PldContender | ChatContender | LogprobsContender:
     if spec.kind in ("pld", "pld_batched"):
         return PldContender(spec)
+    if spec.kind == "chat_completion_logprobs":
+        return LogprobsContender(spec)
     return ChatContender(spec)
 
 

@@ -1,5 +1,6 @@
 """llama.cpp's own ``llama-server``, a contender of `pld bench compare`: started on 127.0.0.1
-with one slot and driven over HTTP the way a user's client drives it.
+with one slot and driven over HTTP the way a user's client drives it, either generating a label
+through ``/v1/chat/completions`` or reading one token's probabilities from ``/completion``.
 
 Every answer is read into a ``Reply`` from the server's own ``timings`` (what it evaluated and
 what it took from its prompt cache). Knows the server's command line and HTTP API; nothing of
@@ -9,6 +10,7 @@ pld's runtime.
 from __future__ import annotations
 
 import http.client
+import importlib.metadata
 import json
 import subprocess
 import time
@@ -18,12 +20,66 @@ from typing import Any, Literal
 import msgspec
 
 from pld.errors import PldError
+from pld.paths import cache_dir
 from pld.proc import free_port, peak_rss_mb
 
-from .chat import label_grammar, match_label, user_message
+from .chat import first_token_label, label_grammar, match_label, user_message
 from .worker_protocol import Reply, SlotReply
 
-__all__ = ["LlamaServer", "ServerConfig"]
+__all__ = ["N_PROBS", "LlamaServer", "ServerConfig", "default_server_bin", "read_first_token"]
+
+# top tokens /completion returns: the labels' first tokens are among them whenever the model
+# answers with a label at all (a reply without any counts as no label)
+N_PROBS = 32
+
+
+def default_server_bin(gpu: bool = False) -> Path:
+    """Where scripts/build_llama_server.sh caches the llama-server binary for this llama.cpp."""
+    version = importlib.metadata.version("llama-cpp-python")
+    flavour = "cuda" if gpu else "cpu"
+    return cache_dir() / "llama-server" / f"{version}-{flavour}" / "llama-server"
+
+
+class _TopLogprob(msgspec.Struct, frozen=True):
+    id: int
+    logprob: float
+
+
+class _TokenProbs(msgspec.Struct, frozen=True):
+    token: str
+    top_logprobs: list[_TopLogprob]
+
+
+class _CompletionReply(msgspec.Struct, frozen=True):
+    """The fields of a /completion reply that are read (pre-sampling log-probabilities)."""
+
+    tokens_evaluated: int
+    tokens_predicted: int
+    completion_probabilities: list[_TokenProbs]
+    timings: dict[str, float] = {}
+
+
+def read_first_token(out: Any, labels: list[str], first_tokens: list[int], ms: float) -> Reply:
+    """A ``Reply`` from llama-server's ``/completion`` reply with ``n_probs``: the label whose
+    first token has the highest log-probability among the first generated token's top ones."""
+    try:
+        reply = msgspec.convert(out, _CompletionReply)
+        (first,) = reply.completion_probabilities[:1]
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise PldError(f"llama-server's /completion reply is not understood: {exc}") from None
+    scores = {p.id: p.logprob for p in first.top_logprobs}
+    t = reply.timings
+    return Reply(
+        ms=ms,
+        labels=[first_token_label(scores, labels, first_tokens)],
+        texts=[first.token],
+        prompt_tokens=[reply.tokens_evaluated],
+        completion_tokens=reply.tokens_predicted,
+        evaluated=int(t.get("prompt_n", -1)),
+        cache_n=int(t.get("cache_n", -1)),
+        server_prompt_ms=t.get("prompt_ms"),
+        server_predicted_ms=t.get("predicted_ms"),
+    )
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +106,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class LlamaServer:
     """llama.cpp's ``llama-server`` on 127.0.0.1 with one slot, driven over HTTP like a user's
-    client does (``/v1/chat/completions``, prompt caching on, its default)."""
+    client does (``/v1/chat/completions`` or ``/completion``, prompt caching on, its default)."""
 
     def __init__(self, binary: str, config: ServerConfig, *, log_file: Path) -> None:
         self.port = free_port()
@@ -149,6 +205,22 @@ class LlamaServer:
             server_prompt_ms=timings.get("prompt_ms"),
             server_predicted_ms=timings.get("predicted_ms"),
         )
+
+    def first_token(self, prompt: str, labels: list[str], first_tokens: list[int]) -> Reply:
+        """One token after the rendered ``prompt`` through ``/completion``, with the top
+        pre-sampling log-probabilities; the label is the best-scoring first token."""
+        body = {
+            "prompt": prompt,
+            "n_predict": 1,
+            "n_probs": N_PROBS,
+            "post_sampling_probs": False,
+            "temperature": 0.0,
+            "cache_prompt": True,
+        }
+        status, out, ms = self._call("POST", "/completion", body)
+        if status != 200:
+            raise PldError(f"llama-server answered HTTP {status}: {str(out)[:300]}")
+        return read_first_token(out, labels, first_tokens, ms)
 
     def slot(self, action: Literal["save", "restore"], filename: str) -> SlotReply:
         """Save slot 0 to, or restore it from, ``--slot-save-path``/filename."""

@@ -25,7 +25,9 @@ __all__ = [
     "settings_of",
 ]
 
-Kind = Literal["pld", "pld_batched", "chat_completion", "chat_completion_cached"]
+Kind = Literal[
+    "pld", "pld_batched", "chat_completion", "chat_completion_cached", "chat_completion_logprobs"
+]
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,6 +60,7 @@ class PldInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     load_ms: float
     prefix_tokens: int
     label_tokens: list[int]
+    label_first_tokens: list[int]  # each label's first token id: what the logprobs contenders read
     prime_ms: float | None
     restore_ms: float | None
     calibrated: bool
@@ -68,7 +71,7 @@ class PldInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class ChatInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A create_chat_completion worker's ready line: the context it really got."""
+    """A llama-cpp-python worker's ready line: the context its ``Llama`` really got."""
 
     ready: bool = True
     load_ms: float
@@ -81,7 +84,7 @@ class ChatInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One answer to one or more texts, with what the contender says it evaluated.
 
-    ``evaluated`` is the prompt tokens decoded per text; the generating contenders add
+    ``evaluated`` is the prompt tokens decoded per text; the llama.cpp contenders add
     ``completion_tokens``, llama.cpp's server its cache hit (``cache_n``) and own timings, and a
     cold answer whether pld's saved prefix state was ``restored``.
     """
@@ -114,5 +117,5 @@ class SlotReply(msgspec.Struct, frozen=True, kw_only=True):
 
 def settings_of(info: PldInfo | ChatInfo) -> dict[str, Any]:
     """The ready line as a contender's recorded settings: without the texts and the flag."""
-    skip = ("ready", "labels", "system_prompt")
+    skip = ("ready", "labels", "label_first_tokens", "system_prompt")
     return {k: v for k, v in msgspec.structs.asdict(info).items() if k not in skip}

@@ -17,19 +17,28 @@ import pytest
 from conftest import data_file
 from typer.testing import CliRunner
 
-from pld.bench.chat import EOS, chat_template, label_grammar, match_label, user_message
-from pld.bench.compare import CONTENDERS, default_server_bin, run_compare
+from pld.bench.chat import (
+    EOS,
+    chat_template,
+    completion_prompt,
+    first_token_label,
+    label_grammar,
+    match_label,
+    user_message,
+)
+from pld.bench.compare import CONTENDERS, LOGPROBS, SERVERS, default_server_bin, run_compare
 from pld.bench.compare_summary import Tally, format_compare, summarize
 from pld.bench.compare_types import CompareResult, RequestRecord
-from pld.bench.llama_server import ServerConfig
-from pld.bench.worker_protocol import Reply, SlotReply
+from pld.bench.contenders import LogprobsContender, PldContender
+from pld.bench.llama_server import N_PROBS, ServerConfig, read_first_token
+from pld.bench.worker_protocol import Reply, SlotReply, WorkerSpec
 from pld.cli import app
-from pld.errors import ConfigError, DataError
+from pld.errors import ConfigError, DataError, PldError
 from pld.paths import cache_dir
 from pld.runtime import load_bundle, shipped_bundles
 
 runner = CliRunner()
-RATIOS = ("chat_completion", "chat_completion_cached", "llama_server", "llama_server_swa_full")
+RATIOS = CONTENDERS[2:]  # every contender but pld and pld_batched has a vs_NAME
 
 
 def test_match_label_takes_the_longest_label_or_a_unique_cut_off_one() -> None:
@@ -79,6 +88,42 @@ def test_llama_server_command_line_and_slot_reply() -> None:
              "timings": {"restore_ms": 3.5}}  # fmt: skip
     slot = msgspec.convert(reply, SlotReply)
     assert slot.n_restored == 180 and slot.timings["restore_ms"] == 3.5
+
+
+def _top(tok: int, text: str, logprob: float) -> dict[str, Any]:
+    return {"id": tok, "token": text, "bytes": list(text.encode()), "logprob": logprob}
+
+
+def test_llama_server_completion_reply_gives_the_label_of_the_best_first_token() -> None:
+    labels, firsts = ["entailment", "contradiction", "not_mentioned"], [533, 226770, 2217]
+    # /completion with n_probs and post_sampling_probs false, as llama.cpp's server answers it
+    # (server-task.cpp: probs_vector_to_json; server-common.cpp: the slot's timings)
+    reply = {
+        "index": 0, "content": "You", "tokens": [], "id_slot": 0, "stop": True,
+        "model": "gemma", "tokens_predicted": 1, "tokens_evaluated": 606,
+        "generation_settings": {"n_probs": N_PROBS}, "prompt": "...", "has_new_line": False,
+        "truncated": False, "stop_type": "limit", "stopping_word": "", "tokens_cached": 606,
+        "timings": {"cache_n": 595, "prompt_n": 11, "prompt_ms": 40.5,
+                    "prompt_per_token_ms": 3.7, "prompt_per_second": 271.6, "predicted_n": 1,
+                    "predicted_ms": 0.1, "predicted_per_token_ms": 0.1,
+                    "predicted_per_second": 10000.0},
+        "completion_probabilities": [{
+            **_top(3048, "You", -0.9),
+            "top_logprobs": [_top(3048, "You", -0.9), _top(2217, "not", -1.2),
+                             _top(533, "ent", -4.4), _top(138, "\n", -5.0)],
+        }],
+    }  # fmt: skip
+    r = read_first_token(reply, labels, firsts, ms=42.0)
+    assert r.labels == ["not_mentioned"] and r.texts == ["You"] and r.ms == 42.0
+    assert r.prompt_tokens == [606] and r.completion_tokens == 1
+    assert (r.evaluated, r.cache_n, r.server_prompt_ms) == (11, 595, 40.5)
+    # no label's first token among the top ones: no label, counted as such
+    only_you = {**reply["completion_probabilities"][0], "top_logprobs": [_top(3048, "You", -0.9)]}
+    assert read_first_token({**reply, "completion_probabilities": [only_you]}, labels, firsts,
+                            ms=1.0).labels == [None]  # fmt: skip
+    with pytest.raises(PldError, match="not understood"):
+        read_first_token({**reply, "completion_probabilities": []}, labels, firsts, ms=1.0)
+    assert first_token_label({1: -1.0, 2: -1.0}, ["a", "b"], [1, 2]) == "a"  # a tie: the first
 
 
 def _tally(name: str, ms: list[float], **kw: Any) -> Tally:
@@ -173,7 +218,7 @@ def test_compare_runs_every_in_process_contender_and_explains_a_missing_server(
     assert line["pld_p50_ms"] == line["contenders"]["pld"]["p50_ms"] > 0
     assert "per_request" not in line and set(line["contenders"]) == set(CONTENDERS)
     _check_ratios(line)
-    for name in ("llama_server", "llama_server_swa_full"):
+    for name in SERVERS:
         assert line[f"vs_{name}"] is None
         assert str(missing) in line[f"vs_{name}_reason"]
         assert "build_llama_server.sh" in line[f"vs_{name}_reason"]
@@ -196,6 +241,20 @@ def test_compare_runs_every_in_process_contender_and_explains_a_missing_server(
         agree = [r["label"] == pld_label[r["input"]] for r in records]
         assert c["label_agreement"] == round(sum(agree) / len(agree), 3)
         assert c["warmup_evaluated"][0] > c["warmup_evaluated"][1]
+    # one token after the same prompt, its label read from the first token's logits (the
+    # stereoset bundle is calibrated, so its labels need not be pld's: see the test below)
+    c, records = (
+        line["contenders"]["chat_completion_logprobs"],
+        full["per_request"]["chat_completion_logprobs"],
+    )
+    assert c["ran"] and c["n"] == len(records) == 2 and c["valid_labels"] == 1.0
+    for r in records:
+        assert r["completion_tokens"] == 1 and r["label"] in labels
+        assert r["prompt_tokens"] == next(
+            p["prompt_tokens"] for p in pld_records if p["input"] == r["input"]
+        )
+        assert 0 < r["evaluated"] < r["prompt_tokens"] / 2
+    assert c["label_agreement"] is not None and c["cold_start_reason"]
     cs = line["contenders"]
     assert cs["pld"]["cold_start_ms"] > 0 and cs["chat_completion"]["cold_start_ms"] > 0
     assert line["cold_start_ms"]["pld"] == cs["pld"]["cold_start_ms"]
@@ -221,17 +280,50 @@ def test_llama_server_contenders_report_what_the_server_evaluated(tmp_path: Path
     binary = Path(where) if where else home_cache / default_server_bin().relative_to(cache_dir())
     if not binary.is_file():
         pytest.skip(f"no llama-server at {binary}; build it with scripts/build_llama_server.sh")
-    skip = "pld_batched,chat_completion,chat_completion_cached"
+    skip = "pld_batched,chat_completion,chat_completion_cached,chat_completion_logprobs"
     line, full, _ = _run(tmp_path, "--skip", skip, "--server-bin", str(binary))
     _check_ratios(line)
     labels = load_bundle(shipped_bundles()["stereoset"]).labels
     pld_prompt = {r["input"]: r["prompt_tokens"] for r in full["per_request"]["pld"]}
-    for name in ("llama_server", "llama_server_swa_full"):
+    for name in SERVERS:
         c = line["contenders"][name]
         assert c["ran"], c.get("reason")
         for r in full["per_request"][name]:
             assert r["prompt_tokens"] == pld_prompt[r["input"]]  # the same prompt as pld's
             assert r["evaluated"] + r["cache_n"] == r["prompt_tokens"]  # its own timings
-            assert r["label"] == match_label(r["text"], labels) is not None
-        assert c["peak_rss_mb"] > 0 and c["cold_start_ms"] > 0
-        assert c["cold_start"]["restored_tokens"] > 0
+            if name in LOGPROBS:  # one token; the label from its top log-probabilities
+                assert r["completion_tokens"] == 1 and r["label"] in labels
+            else:
+                assert r["label"] == match_label(r["text"], labels) is not None
+        assert c["peak_rss_mb"] > 0
+        if name in LOGPROBS:
+            assert c["cold_start_ms"] is None and c["cold_start_reason"]
+        else:
+            assert c["cold_start_ms"] > 0 and c["cold_start"]["restored_tokens"] > 0
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_first_token_logprobs_agree_with_pld_on_in_domain_inputs() -> None:
+    # Contract-NLI inputs with the Contract-NLI bundle (uncalibrated: pld's label is the best
+    # first token's), the three shortest of the fixture to keep it quick
+    bundle = str(shipped_bundles()["contractnli"])
+    rows = [json.loads(line) for line in data_file("contractnli").read_text().splitlines()]
+    texts = sorted((r["text"] for r in rows), key=len)[:3]
+    pld = PldContender(WorkerSpec(kind="pld", bundle=bundle, threads=2))
+    info = pld.info(0.0)
+    spec = WorkerSpec(kind="chat_completion_logprobs", bundle=bundle, threads=2, n_ctx=2048,
+                      max_tokens=1)  # fmt: skip
+    lp = LogprobsContender(spec)
+    assert lp.first_tokens == info.label_first_tokens and not info.calibrated
+    for i, text in enumerate(texts):
+        # token for token the prompt pld evaluates (the endpoint adds the BOS)
+        prompt = completion_prompt(info.chat_format, info.system_prompt, text)
+        tokens = lp.llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        assert tokens == list(pld.clf.prefix_tokens) + pld.clf.request_tokens(text)[0]
+        ours, theirs = pld.answer([text]), lp.answer([text])
+        assert theirs.labels == ours.labels and theirs.prompt_tokens == ours.prompt_tokens
+        assert theirs.completion_tokens == 1
+        # the Llama kept the previous prompt's prefix: after the first, only the input's tokens
+        whole = ours.prompt_tokens[0]
+        assert theirs.evaluated == whole if i == 0 else 0 < theirs.evaluated < whole
