@@ -1,5 +1,6 @@
-"""The two small pieces of llama.cpp plumbing the engine is built from: a reusable
-``llama_batch`` and the KV room that scoring a label set needs. Knows token ids and sequence ids.
+"""The llama.cpp plumbing the engine is built from: a reusable ``llama_batch``, the KV room that
+scoring a label set needs, and the layout that keeps a batched request's arithmetic identical to
+its arithmetic alone. Knows token ids, sequence ids and cell counts, not models or prompts.
 """
 
 from __future__ import annotations
@@ -8,7 +9,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LlamaBatch", "label_room"]
+__all__ = ["ALIGN", "MIN_ROWS", "ROWS", "Item", "LlamaBatch", "decode_calls", "label_room"]
+
+# One decoded token: (token, position, sequence ids, wants logits).
+Item = tuple[int, int, Sequence[int], bool]
+
+# llama.cpp's CPU attention sums a row of KV cells in SIMD lanes (8 floats with AVX2, 16 with
+# AVX-512): a request whose cells start at another offset modulo the lane width rounds
+# differently. A batched request therefore starts a multiple of ALIGN cells after the first free
+# cell, where it starts alone; pad tokens of a sequence no request sees fill the gaps.
+ALIGN = 16
+# The CPU's repacked quantized matmuls multiply rows in groups of 4, and the last (n mod 4) rows
+# of a compute step with another kernel; K-quant matmuls switch kernels at MIN_ROWS rows.
+ROWS = 4
+MIN_ROWS = 8
 
 
 @dataclass
@@ -23,7 +37,7 @@ class LlamaBatch:
     def __post_init__(self) -> None:
         self.raw = self.L.llama_batch_init(self.cap, 0, self.n_seq)
 
-    def fill(self, items: Sequence[tuple[int, int, Sequence[int], bool]]) -> None:
+    def fill(self, items: Sequence[Item]) -> None:
         """Set the batch to ``(token, pos, seq_ids, wants_logits)`` items."""
         b = self.raw
         for i, (tok, pos, seqs, out) in enumerate(items):
@@ -50,3 +64,27 @@ def label_room(labels: Sequence[Sequence[int]]) -> int:
     if len({lab[0] for lab in labels}) == len(labels):
         return 0
     return len(labels) * (max(len(lab) for lab in labels) - 1)
+
+
+def decode_calls(lengths: Sequence[int], limit: int, cap: int) -> list[list[int]]:
+    """Which requests (by index, in order) share a llama_decode call on CPU weights, so that each
+    runs through the kernels it meets alone: requests whose length is a multiple of ROWS, up to
+    ``limit`` of them, closed by at most one whose length is not (its last rows stay the step's
+    last), all in one compute step of at most ``cap`` rows with each request starting at a
+    multiple of ALIGN rows; a request shorter than MIN_ROWS or longer than that goes alone."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    rows = 0
+    for i, n in enumerate(lengths):
+        start = -(-rows // ALIGN) * ALIGN
+        if cur and (start + n > cap or n < MIN_ROWS):
+            out.append(cur)
+            cur, start = [], 0
+        cur.append(i)
+        rows = start + n
+        if n % ROWS or n < MIN_ROWS or rows > cap or len(cur) == limit:
+            out.append(cur)
+            cur, rows = [], 0
+    if cur:
+        out.append(cur)
+    return out

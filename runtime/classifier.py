@@ -217,6 +217,7 @@ class Classifier:
             swa_full=cfg.swa_full,
             kv_type=cfg.type_k if cfg.type_k == cfg.type_v else f"{cfg.type_k}/{cfg.type_v}",
             n_gpu_layers=cfg.n_gpu_layers,
+            layout=Engine.LAYOUT,
             **shapes,
         )
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from pld.errors import ConfigError, ContextOverflowError, ModelError
 
-from .batch import LlamaBatch, label_room
+from .batch import ALIGN, Item, LlamaBatch, decode_calls, label_room
 from .model import Model
 
 __all__ = ["KV_TYPES", "Engine", "EngineConfig", "EngineStats", "devices", "gpu_backend"]
@@ -132,6 +132,12 @@ class EngineConfig:
                 f"n_ubatch ({self.n_ubatch}) must be between 1 and n_batch ({self.n_batch}), or 0 "
                 "for n_batch; lower --ubatch or raise n_batch"
             )
+        if self.ubatch() % ALIGN:
+            # chunk boundaries off the lane width would change how the prefix's cells round
+            raise ConfigError(
+                f"n_ubatch ({self.ubatch()}) must be a multiple of {ALIGN} so that every layout "
+                f"rounds alike; pass --ubatch {max(ALIGN, self.ubatch() // ALIGN * ALIGN)}"
+            )
 
 
 @dataclass
@@ -151,15 +157,26 @@ class EngineStats:
 class Engine:
     """A llama.cpp context with a primed prefix in sequence 0; thread-safe (one lock).
 
-    Two layouts. *Shared* (``max_batch`` > 1, or labels that need teacher forcing): a full-size
-    sliding-window cache, and each request decodes in its own copy of sequence 0 (cells shared).
-    *Windowed* (one request at a time, labels decided by their first token): the sliding-window
-    layers keep only ~``n_swa`` + ``n_ubatch`` cells, and a request decodes straight into sequence
-    0 and is cut off again. The cells it overwrites are only those no later position can attend
-    to; a suffix longer than one ubatch could overwrite the prefix's last window, so after such a
-    request a checkpoint of that window is put back. Measured on Gemma-3 270M with a 4,664-token
-    prefix: 1.3x the cost of an empty prompt instead of 2.0x, bit-identical labels and probs.
+    Two layouts. *Shared* (``max_batch`` > 1, or labels that need teacher forcing): each request
+    decodes in its own copy of sequence 0 (cells shared), in a full-size sliding-window cache.
+    *Windowed* (one request at a time, labels decided by their first token): a request decodes
+    straight into sequence 0 and is cut off again, and the sliding-window layers keep the prefix's
+    last window plus room for one request. Measured on Gemma-3 270M with a 4,664-token prefix:
+    1.3x the cost of an empty prompt instead of 2.0x.
+
+    Every layout gives a request the bits it gets evaluated alone from scratch (``score_full``).
+    llama.cpp's CPU kernels round by a cell's offset modulo the SIMD width and by a row's place in
+    a compute step, and Gemma-3 270M turns such rounding into label probabilities 0.1 apart, so
+    the cells are laid out the same way everywhere: the prefix is decoded in ``n_ubatch`` chunks;
+    when a windowed cache would wrap around, the window is first moved to its front (at a
+    multiple of ALIGN cells from the chunk); after priming or restoring, the prefix's last window
+    starts at cell 0 in every layout, where a restored state file puts it; batched requests are
+    padded and grouped as ``batch`` describes.
     """
+
+    # Version of the cell layout a primed prefix holds: part of a prefix-state file's key, so
+    # that a state primed the older way is never restored (2: windows moved to the front).
+    LAYOUT = 2
 
     def __init__(
         self,
@@ -180,8 +197,12 @@ class Engine:
         self.n_labels = max(1, lanes)
         cfg.validate()
         self.windowed = cfg.max_batch == 1 and self.n_labels == 1 and not cfg.swa_full
-        # seq 0: prefix; then (shared layout) one block of lanes per batched request.
-        self.n_seq = 1 if self.windowed else 1 + cfg.max_batch * self.n_labels
+        # seq 0: prefix; then (shared layout) one block of lanes per batched request and a
+        # sequence for the pad tokens that align batched requests; last, the spacer (see
+        # _add_spacer).
+        self.n_seq = 2 if self.windowed else 3 + cfg.max_batch * self.n_labels
+        self._spacer_seq = self.n_seq - 1
+        self._pad_seq = self.n_seq - 2
         if cfg.max_batch < 1 or cfg.n_batch < 1:
             raise ConfigError(
                 f"max_batch ({cfg.max_batch}) and n_batch ({cfg.n_batch}) must be at least 1; "
@@ -189,17 +210,23 @@ class Engine:
             )
         if self.n_seq > 256:
             raise ConfigError(
-                f"max_batch {cfg.max_batch} x {self.n_labels} label lanes = {self.n_seq - 1} "
-                "sequences, but llama.cpp allows 255; lower max_batch (--batch-size) to at most "
-                f"{255 // self.n_labels}"
+                f"max_batch {cfg.max_batch} x {self.n_labels} label lanes = {self.n_seq - 3} "
+                "sequences, but llama.cpp allows 253; lower max_batch (--batch-size) to at most "
+                f"{253 // self.n_labels}"
             )
         n_ctx = cfg.n_ctx or prefix_len + cfg.max_input_tokens + 64
         n_ctx = min(-(-n_ctx // 256) * 256, max(model.n_ctx_train, 256))
+        ubatch, n_swa = cfg.ubatch(), model.n_swa
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = cfg.n_batch
-        params.n_ubatch = cfg.ubatch()
+        params.n_ubatch = ubatch
         params.n_seq_max = self.n_seq
+        if self.windowed and n_swa > 0:
+            # llama.cpp gives the windowed cache n_swa x n_seq_max + n_ubatch cells: room for the
+            # window and a whole request after it, which then never wraps onto cells in use
+            room = n_swa + cfg.max_input_tokens + 64
+            params.n_seq_max = max(self.n_seq, -(-(room - ubatch) // n_swa))
         params.n_threads = cfg.threads()
         params.n_threads_batch = cfg.threads_batch()
         params.flash_attn_type = {
@@ -211,7 +238,7 @@ class Engine:
         params.type_v = getattr(L, f"GGML_TYPE_{cfg.type_v.upper()}")
         params.op_offload = cfg.op_offload
         # Copies of the prefix pin every sliding-window cell they share, so the shared layout
-        # needs the full-size cache; the windowed layout relies on overwriting masked cells.
+        # keeps the full-size cache; the windowed one keeps only what requests attend to.
         params.swa_full = not self.windowed
         params.kv_unified = True  # copies of the prefix share cells instead of copying them
         params.no_perf = True
@@ -226,7 +253,17 @@ class Engine:
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.prefix: list[int] = []
         self._batch = LlamaBatch(L, cfg.n_batch, self.n_labels)
-        self._window: Any = None  # checkpoint of the prefix's sliding-window cells (windowed)
+        self._pad_token = max(model.bos, 0)
+        # whether llama.cpp runs layers on the CPU, whose kernels batched requests must meet as
+        # they do alone (a GPU's kernels are not arranged for)
+        all_on_gpu = cfg.n_gpu_layers < 0 or cfg.n_gpu_layers > model.n_layer
+        self._cpu = not all_on_gpu or gpu_backend() is None
+        # the position whose sliding-window cell is the cache's first one (windowed priming)
+        self._front = 0
+        # shared layout: the prefix's sliding window every `_every` positions, so that reprime()
+        # can restart there as priming passed it (about 8 MB per window on Gemma-3 270M)
+        self._windows: dict[int, Any] = {}
+        self._every = ubatch * max(1, -(-n_swa // ubatch))
 
     # -- prefix --------------------------------------------------------------------------
 
@@ -235,23 +272,85 @@ class Engine:
         with self.lock:
             t0 = time.perf_counter()
             self._check_fits(len(prefix), 0, what="the system prompt")
-            self._L.llama_memory_clear(self.mem, True)
-            self.prefix = []
-            self._decode_run(list(prefix), 0, [0], want_last=False)
-            self.prefix = list(prefix)
-            self._checkpoint_window()
+            self._evaluate(prefix)
             self.stats.prefix_tokens_decoded += len(prefix)
             self.stats.primes += 1
             return (time.perf_counter() - t0) * 1000
+
+    def _evaluate(self, prefix: Sequence[int]) -> None:
+        self._L.llama_memory_clear(self.mem, True)
+        self.prefix, self._windows, self._front = [], {}, 0
+        self._decode_prefix(list(prefix), 0)
+        self.prefix = list(prefix)
+        self._window_to_front()
+        self._add_spacer()
+
+    def _decode_prefix(self, tokens: list[int], p0: int) -> None:
+        """Decode prefix tokens from position ``p0`` (a multiple of n_ubatch) in n_ubatch chunks."""
+        ubatch, n_swa = self.config.ubatch(), self.model.n_swa
+        for a in range(0, len(tokens), ubatch):
+            pos, chunk = p0 + a, tokens[a : a + ubatch]
+            if n_swa > 0 and pos > 0:
+                if self.windowed and pos - self._front + len(chunk) > n_swa + ubatch:
+                    self._window_to_front()
+                elif not self.windowed and pos % self._every == 0:
+                    self._windows[pos] = self._save_window()
+            self._decode_items([(t, pos + j, [0], False) for j, t in enumerate(chunk)])
+
+    def _save_window(self) -> Any:
+        """Sequence 0's sliding-window cells that later positions can still attend to."""
+        L = self._L
+        size = L.llama_state_seq_get_size_ext(self.ctx, 0, L_SWA_ONLY)
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, L_SWA_ONLY)
+        return buf
+
+    def _load_window(self, buf: Any) -> None:
+        """Replace sequence 0's sliding-window cells by ``buf``, laid out from the cache's first
+        free cell (its first cell: no other sequence holds any when this runs)."""
+        n = self._L.llama_state_seq_set_data_ext(self.ctx, buf, len(buf), 0, L_SWA_ONLY)
+        if n == 0:
+            raise ModelError("llama.cpp could not restore the prefix's sliding-window cells")
+
+    def _window_to_front(self) -> None:
+        """Move sequence 0's sliding window to the front of its cache (dropping what no later
+        position attends to): the layout a restored state file has, and room after it."""
+        if self.model.n_swa > 0:
+            self._load_window(self._save_window())
+            end = int(self._L.llama_memory_seq_pos_max(self.mem, 0)) + 1
+            self._front = max(0, end - self.model.n_swa)
+
+    def _add_spacer(self) -> None:
+        """Fill the cells from the prefix's end to the next multiple of ALIGN, without decoding:
+        a request then starts on a lane boundary, sharing no SIMD group with the prefix whether
+        it is alone or batched (llama.cpp's softmax sums a row of cells in groups of 8 or 16).
+
+        The filler is a copy of the prefix's first cells: sequence 0 lends them to the spacer
+        sequence, whose saved state is then restored as new cells after the prefix.
+        """
+        L, mem, spacer = self._L, self.mem, self._spacer_seq
+        L.llama_memory_seq_rm(mem, spacer, -1, -1)
+        n = -len(self.prefix) % ALIGN
+        if n == 0 or len(self.prefix) + n > self.n_ctx:
+            return
+        L.llama_memory_seq_cp(mem, 0, spacer, 0, n)
+        size = L.llama_state_seq_get_size(self.ctx, spacer)
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data(self.ctx, buf, size, spacer)
+        L.llama_memory_seq_rm(mem, spacer, -1, -1)
+        if L.llama_state_seq_set_data(self.ctx, buf, size, spacer) == 0:
+            raise ModelError("llama.cpp could not lay out the cells after the prefix")
 
     def reprime(self, prefix: Sequence[int]) -> int:
         """Replace the primed prefix by ``prefix``, keeping the cells both share; returns the
         number of tokens decoded.
 
-        Decoding restarts at the ``n_batch`` boundary at or before the first differing token:
-        llama.cpp's kernels round differently for other batch shapes (label probabilities moved
-        by up to 0.12 on Gemma-3 270M), so every chunk must be the one ``prime(prefix)`` decodes;
-        then the result is bit-identical to priming from scratch. Refused on the windowed cache.
+        Decoding restarts at a chunk boundary at or before the first differing token where
+        priming left the sliding window behind (every ``n_swa`` tokens or so, or anywhere
+        while the prefix is within one window), with that window put back where priming had it:
+        the chunks and cells are then those ``prime(prefix)`` uses, and the result is
+        bit-identical to priming from scratch. After ``restore()`` no window is kept, and it
+        decodes the whole prefix. Refused on the windowed cache.
         """
         if self.windowed:
             raise ConfigError(
@@ -267,38 +366,23 @@ class Engine:
             common = 0
             while common < min(len(old), len(new)) and old[common] == new[common]:
                 common += 1
-            start = common - common % self.config.n_batch
+            if self.model.n_swa == 0 or self._front == 0:  # every window cell is still there
+                start = common - common % self.config.ubatch()
+            else:
+                start = max([0] + [p for p in self._windows if p <= common])
+            self._windows = {p: w for p, w in self._windows.items() if p <= start}
+            self._L.llama_memory_seq_rm(self.mem, self._spacer_seq, -1, -1)
             self._L.llama_memory_seq_rm(self.mem, 0, start, -1)
+            if start in self._windows:
+                self._load_window(self._windows[start])
             self.prefix = []
-            self._decode_run(new[start:], start, [0], want_last=False)
+            self._decode_prefix(new[start:], start)
             self.prefix = new
+            self._window_to_front()
+            self._add_spacer()
             self.stats.prefix_tokens_decoded += len(new) - start
             self.stats.reprimes += 1
             return len(new) - start
-
-    def _checkpoint_window(self) -> None:
-        """Save the prefix's sliding-window cells, then put them straight back.
-
-        Putting them back lays the cells out the same way every time (a restore fills the cache
-        from its start), so a fresh prime, a restored state file and a request after a window
-        restore all attend over identically ordered cells and give bit-identical results.
-        """
-        self._window = None
-        if self.windowed and self.model.n_swa > 0:
-            L, flag = self._L, L_SWA_ONLY
-            size = L.llama_state_seq_get_size_ext(self.ctx, 0, flag)
-            buf = (ctypes.c_uint8 * size)()
-            L.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, flag)
-            self._window = buf
-            self._restore_window()
-
-    def _restore_window(self) -> None:
-        if self._window is not None:
-            n = self._L.llama_state_seq_set_data_ext(
-                self.ctx, self._window, len(self._window), 0, L_SWA_ONLY
-            )
-            if n == 0:
-                raise ModelError("llama.cpp could not restore the prefix's sliding-window cells")
 
     def prefix_state(self) -> bytes:
         """The KV state of the primed prefix (sequence 0), for a prefix-state file."""
@@ -314,7 +398,7 @@ class Engine:
         with self.lock:
             L = self._L
             L.llama_memory_clear(self.mem, True)
-            self.prefix = []
+            self.prefix, self._windows, self._front = [], {}, 0
             buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
             n = L.llama_state_seq_set_data(self.ctx, buf, len(state), 0)
             ok = n > 0 and L.llama_memory_seq_pos_max(self.mem, 0) == len(prefix) - 1
@@ -322,7 +406,8 @@ class Engine:
                 L.llama_memory_clear(self.mem, True)
                 return False
             self.prefix = list(prefix)
-            self._checkpoint_window()
+            self._window_to_front()
+            self._add_spacer()
             self.stats.restores += 1
             return True
 
@@ -346,7 +431,8 @@ class Engine:
         """Log-probabilities [request, label] of each label's tokens after prefix + suffix.
 
         Requests are decoded together, each in its own copy of the prefix sequence, and dropped
-        afterwards, so request i never sees request j and the prefix is left as primed.
+        afterwards, so request i never sees request j and the prefix is left as primed. On CPU
+        weights each gets the bits it gets alone, whichever requests share its batch.
         """
         if not self.prefix:
             raise ConfigError("the engine has no primed prefix; call prime() or restore() first")
@@ -358,8 +444,6 @@ class Engine:
                 chunk = suffixes[start : start + step]
                 if self.windowed:
                     out[start] = self._score_chunk(chunk, labels, p0, seq_base=0)[0]
-                    if len(chunk[0]) > self.config.ubatch():  # later ubatches may have
-                        self._restore_window()  # overwritten the prefix's last window
                 else:
                     out[start : start + len(chunk)] = self._score_chunk(chunk, labels, p0)
             self.stats.requests += len(suffixes)
@@ -377,10 +461,8 @@ class Engine:
         """
         with self.lock:
             self._check_fits(len(prefix), len(suffix), what="the prompt", extra=label_room(labels))
-            self._L.llama_memory_clear(self.mem, True)
+            self._evaluate(prefix)
             self.prefix = []
-            self._decode_run(list(prefix), 0, [0], want_last=False)
-            self._checkpoint_window()  # the same cell layout as the reuse path
             self.stats.full_tokens_decoded += len(prefix) + len(suffix)
             row = self._score_chunk([suffix], labels, len(prefix), seq_base=0)
             self._L.llama_memory_clear(self.mem, True)
@@ -398,7 +480,11 @@ class Engine:
         extra = label_room(labels)
         first_distinct = extra == 0
         lane = 1 if first_distinct else n_lab  # sequences per request
-        need = p0 + sum(len(s) + extra for s in suffixes)
+        if len(suffixes) > 1 and self._cpu and not first_distinct:
+            # teacher-forced label steps are a few rows each; batched they would meet other
+            # kernels than alone, so on CPU weights these requests go one at a time
+            return np.vstack([self._score_chunk([s], labels, p0, seq_base) for s in suffixes])
+        need = p0 + sum(len(s) + extra + ALIGN for s in suffixes)
         if need > self.n_ctx:
             if len(suffixes) > 1:  # split the batch rather than fail
                 half = len(suffixes) // 2
@@ -420,11 +506,15 @@ class Engine:
                         if s != 0:
                             L.llama_memory_seq_cp(mem, 0, s, -1, -1)
             # phase 1: each suffix once, shared by its label lanes; logits at its last token
-            items = []
-            for group, suf in zip(seqs, suffixes):
-                items += [(t, p0 + j, group, j == len(suf) - 1) for j, t in enumerate(suf)]
-            rows = self._decode_items(items)
-            self.stats.suffix_tokens_decoded += len(items)
+            runs = [
+                [(t, p0 + j, group, j == len(suf) - 1) for j, t in enumerate(suf)]
+                for group, suf in zip(seqs, suffixes)
+            ]
+            if len(runs) > 1 and self._cpu:
+                rows = self._decode_aligned(runs, seqs, p0)
+            else:
+                rows = self._decode_items([it for run in runs for it in run])
+            self.stats.suffix_tokens_decoded += sum(len(s) for s in suffixes)
             out = np.empty((len(suffixes), n_lab), dtype=np.float64)
             firsts = [lab[0] for lab in labels]
             for i, r in enumerate(rows):
@@ -450,17 +540,39 @@ class Engine:
                     # sequence 0 keeps its prefix; copies go entirely
                     L.llama_memory_seq_rm(mem, s, p0 if s == 0 else -1, -1)
 
+    def _decode_aligned(
+        self, runs: Sequence[Sequence[Item]], seqs: Sequence[Sequence[int]], p0: int
+    ) -> list[npt.NDArray[np.float32]]:
+        """Decode requests' suffixes (first-token labels) so that each rounds as alone; return
+        the output rows in order.
+
+        Each llama_decode call (``decode_calls``) starts at the first free cell, as a request
+        alone does; in it, every request starts a multiple of ALIGN cells further, after pad
+        tokens, and its cells go before the next call.
+        """
+        L, mem, pad = self._L, self.mem, self._pad_seq
+        limit = self.config.max_batch
+        if self.model.n_swa > 0:  # the pads' positions stay within one window: never reusable
+            limit = max(1, min(limit, (self.model.n_swa - 1) // ALIGN))
+        rows: list[npt.NDArray[np.float32]] = []
+        for call in decode_calls([len(r) for r in runs], limit, self.config.ubatch()):
+            items: list[Item] = []
+            n_pads = 0
+            for i in call:
+                lead = -len(items) % ALIGN
+                items += [(self._pad_token, n_pads + k, [pad], False) for k in range(lead)]
+                n_pads += lead
+                items += runs[i]
+            rows += self._decode_items(items)
+            for i in call:
+                for s in seqs[i]:
+                    L.llama_memory_seq_rm(mem, s, p0, -1)
+            L.llama_memory_seq_rm(mem, pad, -1, -1)
+        return rows
+
     # -- decoding ------------------------------------------------------------------------
 
-    def _decode_run(self, tokens: list[int], p0: int, seqs: list[int], *, want_last: bool) -> None:
-        items = [
-            (t, p0 + j, seqs, want_last and j == len(tokens) - 1) for j, t in enumerate(tokens)
-        ]
-        self._decode_items(items)
-
-    def _decode_items(
-        self, items: Sequence[tuple[int, int, Sequence[int], bool]]
-    ) -> list[npt.NDArray[np.float32]]:
+    def _decode_items(self, items: Sequence[Item]) -> list[npt.NDArray[np.float32]]:
         """Decode in n_batch chunks; return a copy of the logits row of every output item."""
         L, n_batch = self._L, self.config.n_batch
         rows: list[npt.NDArray[np.float32]] = []
