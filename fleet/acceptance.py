@@ -145,8 +145,7 @@ def make_check_set(
     """Classify the first ``n`` records (``{"text", "label"}`` JSON Lines) of ``data`` with the
     bundle's student and write down the accuracy reached: a check set's bytes."""
     from pld.files import read_jsonl
-    from pld.runtime import Classifier
-    from pld.runtime.store import resolve_bundle_path
+    from pld.runtime import Classifier, resolve_bundle_path
 
     if not 0 < n <= MAX_CASES:
         raise DataError(f"--check-n is {n}; give 1 to {MAX_CASES}")

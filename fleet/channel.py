@@ -21,14 +21,11 @@ from .keys import PublicKey, SigningKey
 from .publisher import (
     PublishedTask,
     PublishResult,
-    _distinct,
     _previous_index,
-    _require_signers,
     channel_dir,
-    verified_keyset,
+    signing_store,
     write_index,
 )
-from .store import Store
 
 __all__ = ["set_rollout"]
 
@@ -51,22 +48,10 @@ def set_rollout(
     is 0 (a halt): a device that moved never moves back, so a smaller share would not shrink
     anything. Keys are checked as ``publish`` checks them.
     """
-    if not 0 <= rollout <= 100:
-        raise FleetError(f"--rollout is {rollout}; give a percentage of devices, 0 to 100")
-    if not keys:
-        raise FleetError("nothing to sign the index with; pass at least one --key")
-    if not expires_in_days > 0:
-        raise FleetError(f"--expires-in is {expires_in_days} days; give a positive number")
     folder = channel_dir(channel)
-    store = Store(dest)
-    keys = _distinct(keys)
-    anchor = list(root_keys) or [k.public for k in keys]
-    keyset = verified_keyset(
-        store,
-        anchor,
-        anchor_name="the root keys given (--root-pub)" if root_keys else "the keys given (--key)",
+    store, keys, keyset = signing_store(
+        dest, keys, root_keys, expires_in_days=expires_in_days, rollout=rollout, doing="sign"
     )
-    _require_signers(store, keyset.index_role(), keys, "index", "sign")
     current = _previous_index(store, channel, keyset, carry=True)
     if current is None:
         raise FleetError(f"channel {channel!r} has no index in {store.url}; publish first")

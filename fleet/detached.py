@@ -21,7 +21,7 @@ import msgspec
 
 from pld.errors import BundleError, SignatureError
 from pld.files import atomic_write
-from pld.runtime.bundle import parse_bundle
+from pld.runtime import parse_bundle
 
 from .keys import PublicKey, SigningKey
 from .signed import Envelope, sign_document, verify_document

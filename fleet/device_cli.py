@@ -18,6 +18,30 @@ from pld.runtime.cli_options import AllowModelMismatchOpt, DeviceDirRequiredOpt,
 device_app = typer.Typer(no_args_is_help=True, help="Signed bundle updates on this device.")
 
 
+# Options pull and sync share, with one help text each.
+SourceOpt = Annotated[
+    str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
+]
+TrustedKeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key",
+        help="The publisher's signing.pub (repeatable); needed on the first pull only.",
+    ),
+]
+ThresholdOpt = Annotated[
+    int, typer.Option(help="Valid signatures from distinct trusted keys required.")
+]
+ChannelOpt = Annotated[str, typer.Option(help="The channel to follow.")]
+RequestTimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds one request to the store may take.")
+]
+PullTimeoutOpt = Annotated[
+    float,
+    typer.Option(help="Seconds all requests of one pull may take together (not priming)."),
+]
+
+
 def _need_fleet() -> None:
     try:
         import cryptography  # noqa: F401
@@ -43,30 +67,15 @@ def _log(msg: str) -> None:
 
 @device_app.command("pull")
 def pull_cmd(
-    source: Annotated[
-        str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
-    ],
+    source: SourceOpt,
     device_dir: DeviceDirRequiredOpt,
-    trusted_key: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--trusted-key",
-            help="The publisher's signing.pub (repeatable); needed on the first pull only.",
-        ),
-    ] = None,
-    threshold: Annotated[
-        int, typer.Option(help="Valid signatures from distinct trusted keys required.")
-    ] = 1,
-    channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
+    trusted_key: TrustedKeyOpt = None,
+    threshold: ThresholdOpt = 1,
+    channel: ChannelOpt = "stable",
     allow_model_mismatch: AllowModelMismatchOpt = False,
     model: ModelOpt = None,
-    request_timeout: Annotated[
-        float, typer.Option(help="Seconds one request to the store may take.")
-    ] = 30.0,
-    pull_timeout: Annotated[
-        float,
-        typer.Option(help="Seconds all requests of this pull may take together (not priming)."),
-    ] = 300.0,
+    request_timeout: RequestTimeoutOpt = 30.0,
+    pull_timeout: PullTimeoutOpt = 300.0,
     nice: Annotated[
         int,
         typer.Option(
@@ -126,9 +135,7 @@ def pull_cmd(
 
 @device_app.command("sync")
 def sync_cmd(
-    source: Annotated[
-        str, typer.Option("--from", help="The publication: a directory or an fsspec URL.")
-    ],
+    source: SourceOpt,
     device_dir: DeviceDirRequiredOpt,
     every: Annotated[
         str, typer.Option(help="Time between pulls: 30s, 15m, 1h (a number alone: seconds).")
@@ -150,23 +157,13 @@ def sync_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Attempt now even while backing off.")
     ] = False,
-    trusted_key: Annotated[
-        list[Path] | None,
-        typer.Option("--trusted-key", help="The publisher's public key; first pull only."),
-    ] = None,
-    threshold: Annotated[
-        int, typer.Option(help="Valid signatures from distinct trusted keys required.")
-    ] = 1,
-    channel: Annotated[str, typer.Option(help="The channel to follow.")] = "stable",
+    trusted_key: TrustedKeyOpt = None,
+    threshold: ThresholdOpt = 1,
+    channel: ChannelOpt = "stable",
     allow_model_mismatch: AllowModelMismatchOpt = False,
     model: ModelOpt = None,
-    request_timeout: Annotated[
-        float, typer.Option(help="Seconds one request to the store may take.")
-    ] = 30.0,
-    pull_timeout: Annotated[
-        float,
-        typer.Option(help="Seconds all requests of one pull may take together (not priming)."),
-    ] = 300.0,
+    request_timeout: RequestTimeoutOpt = 30.0,
+    pull_timeout: PullTimeoutOpt = 300.0,
     nice: Annotated[
         int, typer.Option(min=0, max=19, help="Lower the agent's CPU priority by N.")
     ] = 19,

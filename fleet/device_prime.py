@@ -42,8 +42,7 @@ def prime(
 
     Returns milliseconds per task (the classifier's open) and in all (model loads included).
     """
-    from pld.runtime import Classifier, Model
-    from pld.runtime.options import DEVICE_STATES_KEPT
+    from pld.runtime import DEVICE_STATES_KEPT, Classifier, Model
 
     t_all = time.perf_counter()
     per_task: dict[str, float] = {}

@@ -50,8 +50,7 @@ from pathlib import Path
 import msgspec
 
 from pld.errors import BundleError, FleetError, RejectedError, SignatureError
-from pld.runtime.bundle import parse_bundle
-from pld.runtime.store import resolve_bundle_path
+from pld.runtime import parse_bundle, resolve_bundle_path
 
 from .acceptance import parse_check_set
 from .device import TrustedKeySet
@@ -67,6 +66,7 @@ __all__ = [
     "channel_dir",
     "publish",
     "rotate_keys",
+    "signing_store",
     "verified_keyset",
     "write_index",
 ]
@@ -163,6 +163,36 @@ def verified_keyset(
             "wrote), or the root keys are others: pass their public keys with --root-pub. "
             "Nothing was written"
         ) from None
+
+
+def signing_store(
+    dest: str | Path,
+    keys: Sequence[SigningKey],
+    root_keys: Sequence[PublicKey],
+    *,
+    expires_in_days: float,
+    rollout: int,
+    doing: str,
+) -> tuple[Store, list[SigningKey], TrustedKeySet]:
+    """Check the arguments every signed index takes, open the store and verify its key set
+    (from ``root_keys``, or the signing keys' own public keys), and refuse index keys that
+    devices do not trust; ``doing`` names the command in that refusal."""
+    if not keys:
+        raise FleetError("nothing to sign the index with; pass at least one --key")
+    if not expires_in_days > 0:
+        raise FleetError(f"--expires-in is {expires_in_days} days; give a positive number")
+    if not 0 <= rollout <= 100:
+        raise FleetError(f"--rollout is {rollout}; give a percentage of devices, 0 to 100")
+    store = Store(dest)
+    keys = _distinct(keys)
+    anchor = list(root_keys) or [k.public for k in keys]
+    keyset = verified_keyset(
+        store,
+        anchor,
+        anchor_name="the root keys given (--root-pub)" if root_keys else "the keys given (--key)",
+    )
+    _require_signers(store, keyset.index_role(), keys, "index", doing)
+    return store, keys, keyset
 
 
 def _require_signers(
@@ -284,23 +314,11 @@ def publish(
     """
     if not bundles:
         raise FleetError("nothing to publish; pass at least one bundle")
-    if not keys:
-        raise FleetError("nothing to sign the index with; pass at least one --key")
-    if not expires_in_days > 0:
-        raise FleetError(f"--expires-in is {expires_in_days} days; give a positive number")
-    if not 0 <= rollout <= 100:
-        raise FleetError(f"--rollout is {rollout}; give a percentage of devices, 0 to 100")
     folder = channel_dir(channel)
     read = _read_bundles(bundles)
-    store = Store(dest)
-    keys = _distinct(keys)
-    anchor = list(root_keys) or [k.public for k in keys]
-    keyset = verified_keyset(
-        store,
-        anchor,
-        anchor_name="the root keys given (--root-pub)" if root_keys else "the keys given (--key)",
+    store, keys, keyset = signing_store(
+        dest, keys, root_keys, expires_in_days=expires_in_days, rollout=rollout, doing="publish"
     )
-    _require_signers(store, keyset.index_role(), keys, "index", "publish")
     previous = _previous_index(store, channel, keyset, carry=carry)
     version = previous.version + 1 if previous else 1
     audit = f"{folder}/index-{version}.json"

@@ -24,8 +24,7 @@ import msgspec
 
 import pld.models as models
 from pld.errors import FleetError, RejectedError
-from pld.runtime import Bundle
-from pld.runtime.bundle import parse_bundle
+from pld.runtime import Bundle, parse_bundle
 
 from .acceptance import (
     MAX_CHECK_BYTES,

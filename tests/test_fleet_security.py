@@ -1,4 +1,4 @@
-"""The holes of issue 16 in pld.fleet, each closed with a test that failed before the fix: the
+"""Holes in pld.fleet, each closed with a test that failed before the fix: the
 publisher verifies the store before it signs anything again; root and index keys have separate
 roles and root can reset version floors; pulls have deadlines; smaller file and parsing checks.
 
@@ -386,7 +386,8 @@ def test_a_stalling_store_fails_the_pull_within_its_deadline(
     with pytest.raises(DeadlineError, match=named) as err:
         pull(url, d, **limits)  # type: ignore[arg-type]
     spent = time.monotonic() - t0
-    assert spent < min(limits.values()) + 3, spent
+    # the other limit is 60 s: well under it is the deadline working (slack for a loaded machine)
+    assert spent < min(limits.values()) + 15, spent
     assert "bundles/" in str(err.value) and "untouched" in str(err.value)
     after = {p.name: p.read_bytes() for p in (d / "current").iterdir()}
     assert after | {"trusted.json": (d / "trusted.json").read_bytes()} == before

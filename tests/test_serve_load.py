@@ -1,6 +1,6 @@
 """The load test of `pld serve`, shortened: bench/load_serve.py's ``load`` run the way a user
 runs it, with few clients and requests, and a real `pld device pull` of new versions and a
-`pld device rollback` in the middle (issue 11). The full run's command is in bench/RESULTS.md.
+`pld device rollback` in the middle. The full run's command is in bench/RESULTS.md.
 """
 
 from __future__ import annotations

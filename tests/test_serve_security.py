@@ -1,4 +1,4 @@
-"""`pld serve` behind a proxy and under bad clients (issue 16), in-process and without a model:
+"""`pld serve` behind a proxy and under bad clients, in-process and without a model:
 the uvicorn settings `pld serve` really runs with (``server.run`` with the serving loop
 stubbed), the app through httpx's ASGI transport with a chosen client address, and one real
 uvicorn on 127.0.0.1 for the request-head timeout.
