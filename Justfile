@@ -1,6 +1,7 @@
-# pld tasks. `just` runs the tests (which include the checks) and the linters.
+# pld tasks. `just` runs the tests, which include the linters and strict mypy
+# (tests/test_checks.py); `just lint` runs only those, `just test -m "not slow"` skips them.
 
-default: test lint
+default: test
 
 # install with test and dev tools (builds llama-cpp-python with AMX-free flags)
 install:
@@ -10,7 +11,7 @@ install:
 test *ARGS:
     .venv/bin/python -m pytest {{ARGS}}
 
-# ruff check, ruff format --check and strict mypy over every package (scripts/check.py)
+# ruff check, ruff format --check and strict mypy over every package (scripts/check.py), alone
 lint:
     .venv/bin/python scripts/check.py
 
