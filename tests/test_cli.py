@@ -141,7 +141,7 @@ def test_subprocess_as_a_user_types_it(tmp_path: Path) -> None:
 def test_a_batch_too_large_for_llama_cpp_names_the_fix() -> None:
     out = runner.invoke(app, ["classify", "--bundle", "stereoset", "--batch-size", "300", "x"])
     assert isinstance(out.exception, ConfigError)
-    assert "llama.cpp allows 255" in str(out.exception) and "--batch-size" in str(out.exception)
+    assert "llama.cpp allows 253" in str(out.exception) and "--batch-size" in str(out.exception)
     out = runner.invoke(app, ["classify", "--bundle", "stereoset", "--batch-size", "0", "x"])
     assert isinstance(out.exception, ConfigError) and "at least 1" in str(out.exception)
 
