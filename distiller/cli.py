@@ -22,7 +22,7 @@ from pld.errors import RunInterrupted
 
 __all__ = ["app", "cluster", "distill"]
 
-Calibration = Literal["none", "contextual", "auto"]  # pipeline.Settings.calibration
+Calibration = Literal["none", "contextual", "fitted", "auto"]  # pipeline.Settings.calibration
 
 INTERRUPTED = (
     "interrupted; finished work is kept (teacher replies are cached): run the same command "
@@ -108,8 +108,8 @@ def distill(
     calibration: Annotated[
         Calibration,
         typer.Option(
-            help="Student calibration in the bundle; 'auto' measures none and contextual on dev "
-            "for this student and keeps the better."
+            help="Student calibration in the bundle; 'auto' measures none, contextual and a "
+            "prior fitted on dev (scored by cross-validation) for this student and keeps the best."
         ),
     ] = "auto",
     vote: Annotated[

@@ -82,7 +82,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     prompt_budget: int = 4096
     max_repairs: int = 2
     # "auto": with and without contextual calibration, the better on dev (for this student)
-    calibration: Literal["none", "contextual", "auto"] = "auto"
+    calibration: Literal["none", "contextual", "fitted", "auto"] = "auto"
     vote: bool = True  # drop the minority where one condition led to several labels
     text_field: str = "text"
     label_field: str = "label"
@@ -156,7 +156,8 @@ def distill(
                                  conflicts)  # fmt: skip
         bundle = runner.bundle(data.task, outcome.final, provenance=provenance,
                                metrics=_metrics(outcome),
-                               calibration=outcome.score.calibration)  # fmt: skip
+                               calibration=outcome.score.calibration,
+                               prior=outcome.score.prior)  # fmt: skip
         prompt_tokens = runner.count_tokens(bundle.system_prompt)
     unchanged = _write(bundle, Path(out))
     return _result(run, str(out), rules, clustered, outcome, prompt_tokens, unchanged)

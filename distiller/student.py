@@ -45,7 +45,8 @@ class Scored(msgspec.Struct, frozen=True, kw_only=True):
     accuracy: float
     n: int
     calibration: Calibration = "none"
-    choice: CalibrationChoice | None = None  # both calibrations' scores, when measured
+    choice: CalibrationChoice | None = None  # every calibration's scores, when measured
+    prior: list[float] | None = None  # the fitted prior, when calibration is "fitted"
 
 
 class _Probs(msgspec.Struct, frozen=True):
@@ -59,9 +60,10 @@ class _Probs(msgspec.Struct, frozen=True):
 class StudentRunner:
     """Runs one student model with any rule set for a task.
 
-    ``calibration`` "auto" scores each rule set with and without contextual calibration and
-    keeps the better on each split: calibration is a property of a prompt and a model, chosen
-    by measurement (``pld.runtime.choose_calibration``).
+    ``calibration`` "auto" scores each rule set with no calibration, contextual calibration and
+    a prior fitted on the split (cross-validated), and keeps the best on each split: calibration
+    is a property of a prompt and a model, chosen by measurement
+    (``pld.runtime.choose_calibration``).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class StudentRunner:
         instructions: Sequence[Instruction],
         *,
         calibration: Calibration = "none",
+        prior: list[float] | None = None,
         **fields: Any,
     ) -> Bundle:
         """A bundle of this task and rule set for this student."""
@@ -102,7 +105,7 @@ class StudentRunner:
             task=task,
             instructions=list(instructions),
             student=Student(model=self.resolved.name, sha256=self.resolved.sha256),
-            runtime=RuntimeSettings(calibration=calibration),
+            runtime=RuntimeSettings(calibration=calibration, prior=prior),
             **fields,
         )
 
@@ -147,18 +150,24 @@ class StudentRunner:
             np.asarray(got.probs), np.asarray(got.prior), gold, labels, self.resolved
         )
         use: Calibration = choice.choice if self.calibration == "auto" else self.calibration
+        if use == "fitted" and choice.prior is None:
+            use = "none"  # too few records to fit a prior (choose_calibration says how many)
         probs_np = np.asarray(got.probs, dtype=np.float64)
         if use == "contextual":
             probs_np = apply_prior(probs_np, np.asarray(got.prior, dtype=np.float64))
+        elif use == "fitted":
+            probs_np = apply_prior(probs_np, np.asarray(choice.prior, dtype=np.float64))
         preds = [labels[int(i)] for i in probs_np.argmax(axis=1)]
         rep = score(gold, preds, labels)
         return Scored(
             predictions=preds,
-            macro_f1=rep.macro_f1,
-            accuracy=rep.accuracy,
+            # a fitted prior scores its own records too well: its score is the cross-validated
+            macro_f1=choice.macro_f1[use] if use == "fitted" else rep.macro_f1,
+            accuracy=choice.accuracy[use] if use == "fitted" else rep.accuracy,
             n=rep.n,
             calibration=use,
             choice=choice,
+            prior=choice.prior if use == "fitted" else None,
         )
 
     def _cache_path(self, system_prompt: str, texts: list[str]) -> Path | None:

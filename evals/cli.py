@@ -27,7 +27,7 @@ from pld.runtime.cli_options import (
 
 from .baseline import EXAMPLE_CHARS
 
-__all__ = ["BUNDLE_COMMANDS", "audit", "evaluate", "report"]
+__all__ = ["BUNDLE_COMMANDS", "audit", "calibrate", "evaluate", "report"]
 
 
 def evaluate(
@@ -234,5 +234,50 @@ def audit(
     typer.echo(msgspec.json.encode(summary).decode())
 
 
+def calibrate(
+    bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Labelled dev split the calibration is decided on (keep it apart from the data "
+            "results are reported on).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
+    model: ModelOpt = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the new bundle (default: the source's).")
+    ] = None,
+    batch_size: BatchSizeOpt = 1,
+    threads: ThreadsOpt = 0,
+    gpu_layers: GpuLayersOpt = 0,
+) -> None:
+    """Make a bundle's prompt ready for a student: decide calibration for it on --data (none,
+    contextual, or a prior fitted there, scored by cross-validation) and write a bundle that
+    records the choice with that model."""
+    from .calibrate import calibrate_bundle
+
+    if out.exists() and out.resolve() == Path(resolve_bundle_path(bundle)).resolve():
+        raise ConfigError(f"--out {out} is the source bundle; write the new bundle elsewhere")
+    made, choice = calibrate_bundle(
+        bundle,
+        data,
+        classifier_options(batch_size=batch_size, threads=threads, gpu_layers=gpu_layers),
+        model=model,
+        name=name,
+    )
+    save_bundle(made, out)
+    tried = ", ".join(
+        f"{k} {v:.3f}" + (" (cross-validated)" if k == "fitted" else "")
+        for k, v in choice.macro_f1.items()
+    )
+    typer.echo(
+        f"calibration for {choice.model} decided on {choice.n} records: {choice.choice} "
+        f"(Macro-F1 {tried}); wrote {out}"
+    )
+    typer.echo(msgspec.json.encode(choice).decode())
+
+
 # `pld bundle NAME` commands from this package; pld.cli mounts them.
-BUNDLE_COMMANDS: dict[str, Callable[..., None]] = {"audit": audit}
+BUNDLE_COMMANDS: dict[str, Callable[..., None]] = {"audit": audit, "calibrate": calibrate}

@@ -34,7 +34,14 @@ from pld.runtime import (
 
 from .baseline import EXAMPLE_CHARS, baseline_prompt, parse_baseline
 
-__all__ = ["EvalResult", "Evaluation", "evaluate", "evaluate_with_predictions", "format_report"]
+__all__ = [
+    "EvalResult",
+    "Evaluation",
+    "decide_calibration",
+    "evaluate",
+    "evaluate_with_predictions",
+    "format_report",
+]
 
 N_BOOT = 1000  # bootstrap resamples behind every interval of `pld eval` and `pld report`
 
@@ -156,7 +163,7 @@ def evaluate_with_predictions(
             )
         choice = None
         if calibration_data is not None:
-            choice = _decide_calibration(clf, calibration_data, progress)
+            choice = decide_calibration(clf, calibration_data, progress)
         predictions: list[Prediction] = []
         label = "evaluating" if spec.kind == "none" else f"evaluating {spec}"
         t0 = time.perf_counter()
@@ -168,6 +175,8 @@ def evaluate_with_predictions(
         per_request_ms = (time.perf_counter() - t0) * 1000 / len(records)
         if choice is not None and choice.choice == "contextual":
             predictions = _calibrated(predictions, clf.labels, clf.content_free_prior())
+        elif choice is not None and choice.choice == "fitted" and choice.prior is not None:
+            predictions = _calibrated(predictions, clf.labels, np.asarray(choice.prior))
         preds = [p.label for p in predictions]
         rep = score(gold, preds, labels)
         result = EvalResult(
@@ -199,8 +208,9 @@ def evaluate_with_predictions(
         clf.close()
 
 
-def _decide_calibration(clf: Classifier, data: str | Path, show: bool) -> CalibrationChoice:
-    """Choose calibration for the classifier's prompt and model on labelled ``data``."""
+def decide_calibration(clf: Classifier, data: str | Path, show: bool) -> CalibrationChoice:
+    """Choose calibration for the classifier's prompt and model on labelled ``data`` (the
+    classifier's own calibration is not applied: open it with ``calibrate=False``)."""
     records = list(read_records(data))
     if not records or any(r.label is None for r in records):
         raise DataError(f"--calibration-data {data} needs labelled records ('label' on each)")
@@ -247,7 +257,10 @@ def format_report(res: EvalResult) -> str:
     if res.calibration_note:
         lines.append(res.calibration_note)
     if (c := res.calibration_choice) is not None:
-        tried = ", ".join(f"{k} {v:.3f}" for k, v in c.macro_f1.items())
+        tried = ", ".join(
+            f"{k} {v:.3f}" + (" cross-validated" if k == "fitted" else "")
+            for k, v in c.macro_f1.items()
+        )
         lines.append(f"calibration decided on {c.n} records for {c.model}: {c.choice} ({tried})")
     lines += [
         "",

@@ -25,6 +25,7 @@ from .calibration import (
     apply_prior,
     calibration_applies,
     choose_calibration,
+    fit_prior,
 )
 from .classifier import Classifier, Prediction, Timings
 from .model import Model, quiet_llama
@@ -53,6 +54,7 @@ __all__ = [
     "apply_prior",
     "calibration_applies",
     "choose_calibration",
+    "fit_prior",
     "device_bundle_path",
     "device_run_settings",
     "load_bundle",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,11 +40,11 @@ __all__ = [
 ]
 
 # The newest schema this pld reads and writes. A file carries the lowest version that can hold
-# its content (``schema_version_for``): 1 unless it has rule effects, so a device on an older pld
-# keeps reading every bundle that does not use them, and one that does fails with "upgrade pld"
-# rather than with an unknown field.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# its content (``schema_version_for``): 1 unless it has rule effects (2) or a fitted calibration
+# (3), so a device on an older pld keeps reading every bundle that does not use them, and one
+# that does fails with "upgrade pld" rather than with an unknown field.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 _LABEL = re.compile(r"^\S(?:.*\S)?$")
@@ -90,8 +91,11 @@ class Student(_Strict, frozen=True):
 class RuntimeSettings(_Strict, frozen=True):
     """How the runtime scores labels for this bundle (chosen from measurements on dev data)."""
 
-    calibration: Literal["none", "contextual"] = "none"
+    calibration: Literal["none", "contextual", "fitted"] = "none"
     content_free_inputs: list[str] = msgspec.field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    # schema_version 3: the prior a "fitted" calibration divides out, per label in the task's
+    # order (fitted on labelled dev data for this prompt and student; see runtime.calibration)
+    prior: list[float] | None = None
 
 
 class RuleEffect(_Strict, frozen=True):
@@ -176,8 +180,21 @@ class Bundle(_Strict, frozen=True):
 
 
 def schema_version_for(bundle: Bundle) -> int:
-    """The lowest schema version that can hold ``bundle``: 2 with rule effects, else 1."""
+    """The lowest schema version that can hold ``bundle``: 3 with a fitted calibration, 2 with
+    rule effects, else 1."""
+    if bundle.runtime.calibration == "fitted" or bundle.runtime.prior is not None:
+        return 3
     return 2 if bundle.metrics is not None and bundle.metrics.rule_effects is not None else 1
+
+
+def _newer_fields(bundle: Bundle) -> str:
+    """The fields that make ``bundle`` need a schema version above 1, for error messages."""
+    names = []
+    if bundle.metrics is not None and bundle.metrics.rule_effects is not None:
+        names.append("'metrics.rule_effects'")
+    if bundle.runtime.calibration == "fitted" or bundle.runtime.prior is not None:
+        names.append("'runtime.calibration: fitted' / 'runtime.prior'")
+    return " and ".join(names)
 
 
 def render_system_prompt(
@@ -220,6 +237,8 @@ def _builtins(bundle: Bundle) -> dict[str, Any]:
     metrics = raw.get("metrics")
     if metrics is not None and metrics.get("rule_effects") is None:
         del metrics["rule_effects"]
+    if raw["runtime"].get("prior") is None:
+        del raw["runtime"]["prior"]
     return raw
 
 
@@ -234,8 +253,23 @@ def validate(bundle: Bundle) -> None:
         raise BundleError(_version_message(bundle.schema_version))
     if bundle.schema_version < (needed := schema_version_for(bundle)):
         raise BundleError(
-            f"bundle field 'metrics.rule_effects' needs schema_version {needed}, but the bundle "
+            f"bundle field {_newer_fields(bundle)} needs schema_version {needed}, but the bundle "
             f"says {bundle.schema_version}; re-save it with pld (save_bundle sets the version)"
+        )
+    rt = bundle.runtime
+    if (rt.calibration == "fitted") != (rt.prior is not None):
+        raise BundleError(
+            "bundle field 'runtime.prior' goes with 'runtime.calibration: fitted' and only with "
+            f"it (calibration is {rt.calibration!r}, prior is "
+            f"{'set' if rt.prior is not None else 'missing'}); re-decide the calibration with pld"
+        )
+    if rt.prior is not None and (
+        len(rt.prior) != len(bundle.task.labels)
+        or not all(math.isfinite(x) and x > 0 for x in rt.prior)
+    ):
+        raise BundleError(
+            f"bundle field 'runtime.prior' must hold one positive number per label "
+            f"({len(bundle.task.labels)}), got {rt.prior}"
         )
     if not _SEMVER.match(bundle.version):
         raise BundleError(f"bundle field 'version' is {bundle.version!r}; use semver like '1.2.0'")

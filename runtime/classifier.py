@@ -129,10 +129,22 @@ class Classifier:
         config = dataclasses.replace(opts.engine_config(), n_gpu_layers=model.n_gpu_layers)
         self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
         applies, note = calibration_applies(bundle, model.resolved)
+        if applies and system_prompt is not None and bundle.runtime.calibration == "fitted":
+            applies, note = (
+                False,
+                (
+                    f"calibration: none (bundle '{bundle.name}' has a prior fitted for its own "
+                    "prompt, not this one; force the content-free one with --calibrate)"
+                ),
+            )
         self.calibrated = applies if opts.calibrate is None else opts.calibrate
         # why the bundle's recorded calibration is not used with this model, if it is not
         self.calibration_note = note if opts.calibrate is None else None
-        self._cf: npt.NDArray[np.float64] | None = None
+        self._cf: npt.NDArray[np.float64] | None = None  # the prior divided out, if calibrated
+        # a fitted calibration's prior (runtime.prior): fitted for the bundle's own prompt, so a
+        # classifier with another system prompt falls back to the content-free one
+        prior = bundle.runtime.prior if system_prompt is None else None
+        self._fitted = None if prior is None else np.asarray(prior, dtype=np.float64)
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
         self._prepare(opts.prefix_cache, opts.state_dir, opts.states_kept)
@@ -232,14 +244,14 @@ class Classifier:
             if hit and self.engine.restore(self.prefix_tokens, hit[1]):
                 self.restore_ms = (time.perf_counter() - t0) * 1000
                 cf = hit[0].get("calibration", {})
-                if self.calibrated and cf.get("key") == cf_key:
+                if self.calibrated and self._fitted is None and cf.get("key") == cf_key:
                     self._cf = np.asarray(cf["probs"], dtype=np.float64)
                 elif self.calibrated:
-                    self._cf = self._content_free()
+                    self._cf = self._prior()
                 return
         self.prime_ms = self.engine.prime(self.prefix_tokens)
         if self.calibrated:
-            self._cf = self._content_free()
+            self._cf = self._prior()
         if use_cache:
             header: dict[str, Any] = {
                 "bundle": self.bundle.name,
@@ -247,14 +259,20 @@ class Classifier:
                 "model": self.resolved.name,
                 "prefix_tokens": len(self.prefix_tokens),
             }
-            if self._cf is not None:
+            if self._cf is not None and self._fitted is None:
                 header["calibration"] = {"key": cf_key, "probs": self._cf.tolist()}
             store.save(key, header, self.engine.prefix_state())
+
+    def _prior(self) -> npt.NDArray[np.float64]:
+        """The prior calibration divides out: the bundle's fitted one, else the content-free."""
+        return self._fitted if self._fitted is not None else self._content_free()
 
     def content_free_prior(self) -> npt.NDArray[np.float64]:
         """The mean label distribution on the bundle's content-free inputs, in label order:
         the prior contextual calibration divides out (computed whether or not it is used)."""
-        return self._cf if self._cf is not None else self._content_free()
+        if self._cf is not None and self._fitted is None:
+            return self._cf
+        return self._content_free()
 
     def _content_free(self) -> npt.NDArray[np.float64]:
         """Mean label distribution on content-free inputs: the prior to divide out."""
@@ -267,15 +285,16 @@ class Classifier:
         """Switch to another system prompt, decoding only from where its tokens part from the
         current ones; returns the prompt tokens decoded.
 
-        The result equals a classifier opened with ``system_prompt`` (the calibration prior is
-        recomputed too). Needs the full-size sliding-window cache (``max_batch`` > 1): on the
+        The result equals a classifier opened with ``system_prompt`` (a content-free prior is
+        recomputed too), except that a bundle's fitted prior stays: the bundle's calibration
+        with other rules, as the audit's leave-one-out variants need. Needs the full-size sliding-window cache (``max_batch`` > 1): on the
         windowed one the engine raises ``ConfigError``.
         """
         tokens = self._tokens(self.format.prefix(system_prompt), bos=True)
         n = self.engine.reprime(tokens)
         self.prefix_tokens = tokens
         if self.calibrated:
-            self._cf = self._content_free()
+            self._cf = self._prior()
         return n
 
     # -- requests ------------------------------------------------------------------------

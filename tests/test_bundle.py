@@ -165,3 +165,32 @@ def test_shipped_bundles_load_and_resolve_by_name() -> None:
         assert resolve_bundle_path(name) == path
     with pytest.raises(BundleError, match="stereoset"):
         resolve_bundle_path("no-such-bundle")
+
+
+def test_a_fitted_calibration_needs_schema_3_and_one_positive_prior_per_label(
+    tmp_path: Path,
+) -> None:
+    from pld.runtime.bundle import RuntimeSettings
+
+    v1 = load_bundle(FIXTURES / "v1.json")
+    fitted = msgspec.structs.replace(
+        v1, runtime=RuntimeSettings(calibration="fitted", prior=[0.3, 0.7])
+    )
+    out = save_bundle(fitted, tmp_path / "fitted.json")
+    assert json.loads(out.read_text())["schema_version"] == 3 == SCHEMA_VERSION
+    again = load_bundle(out)
+    assert again.runtime.prior == [0.3, 0.7] and again.digest == bundle_digest(again)
+    raw = json.loads(out.read_text())
+    raw["schema_version"] = 2
+    with pytest.raises(BundleError, match="runtime.calibration: fitted.*needs schema_version 3"):
+        parse_bundle(_bytes(raw), verify_digest=False)
+    for runtime, match in (
+        ({"calibration": "fitted"}, "prior is missing"),
+        ({"calibration": "none", "prior": [0.5, 0.5]}, "calibration is 'none', prior is set"),
+        ({"calibration": "fitted", "prior": [1.0]}, "one positive number per label"),
+        ({"calibration": "fitted", "prior": [0.0, 1.0]}, "one positive number per label"),
+    ):
+        raw = json.loads(out.read_text())
+        raw["runtime"] = runtime
+        with pytest.raises(BundleError, match=match):
+            parse_bundle(_bytes(raw), verify_digest=False)
