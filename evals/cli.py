@@ -236,14 +236,7 @@ def audit(
 
 def calibrate(
     bundle: Annotated[str, typer.Argument(help="Bundle file or shipped name.")],
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            help="Labelled dev split the calibration is decided on (keep it apart from the data "
-            "results are reported on).",
-        ),
-    ],
+    data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
     model: ModelOpt = None,
     name: Annotated[
@@ -253,9 +246,10 @@ def calibrate(
     threads: ThreadsOpt = 0,
     gpu_layers: GpuLayersOpt = 0,
 ) -> None:
-    """Make a bundle's prompt ready for a student: decide calibration for it on --data (none,
-    contextual, or a prior fitted there, scored by cross-validation) and write a bundle that
-    records the choice with that model."""
+    """Make a bundle's prompt ready for a student: decide calibration for it on --data, a
+    labelled dev split kept apart from what results are reported on (none, contextual, or a
+    prior fitted there, scored by cross-validation), and write a bundle that records the choice
+    with that model."""
     from .calibrate import calibrate_bundle
 
     if out.exists() and out.resolve() == Path(resolve_bundle_path(bundle)).resolve():

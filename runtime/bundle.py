@@ -33,6 +33,7 @@ __all__ = [
     "Task",
     "bundle_digest",
     "canonical_bytes",
+    "file_bytes",
     "load_bundle",
     "render_system_prompt",
     "save_bundle",
@@ -355,6 +356,10 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     bundle = msgspec.structs.replace(bundle, schema_version=schema_version_for(bundle))
     validate(bundle)
     bundle = msgspec.structs.replace(bundle, digest=bundle_digest(bundle))
-    return atomic_write(
-        path, msgspec.json.format(msgspec.json.encode(_builtins(bundle)), indent=2) + b"\n"
-    )
+    return atomic_write(path, file_bytes(bundle))
+
+
+def file_bytes(bundle: Bundle) -> bytes:
+    """The bytes of a bundle file as ``save_bundle`` writes them (pretty-printed; fields newer
+    than schema 1 left out while unset), for a bundle whose version and digest are set."""
+    return msgspec.json.format(msgspec.json.encode(_builtins(bundle)), indent=2) + b"\n"

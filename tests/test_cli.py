@@ -64,7 +64,8 @@ def test_shared_options_have_one_name_and_one_help() -> None:
             "device pull", "device status"} <= set(commands)  # fmt: skip
     bundle = {name for name, c in commands.items() if name.startswith("bundle ")}
     assert bundle == {f"bundle {n}" for n in
-                      ("show", "validate", "list", "path", "audit", "sign", "verify", "publish")}  # fmt: skip
+                      ("show", "validate", "list", "path", "audit", "calibrate", "sign", "verify",
+                       "publish")}  # fmt: skip
 
 
 def test_show_numbers_rules_for_auditors() -> None:

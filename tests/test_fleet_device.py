@@ -29,7 +29,7 @@ from pld.fleet.keys import SigningKey
 from pld.fleet.signed import sign_document
 from pld.fleet.store import Store
 from pld.runtime import Classifier, load_bundle, shipped_bundles
-from pld.runtime.bundle import bundle_digest
+from pld.runtime.bundle import bundle_digest, file_bytes
 
 pytestmark = pytest.mark.model  # the base device primes the real model once per module
 runner = CliRunner()
@@ -50,7 +50,7 @@ def bundle_bytes(
     if student:
         b = msgspec.structs.replace(b, student=msgspec.structs.replace(b.student, **student))
     b = msgspec.structs.replace(b, digest=bundle_digest(b))
-    return msgspec.json.format(msgspec.json.encode(b), indent=2) + b"\n"
+    return file_bytes(b)
 
 
 def entry(data: bytes) -> IndexEntry:
