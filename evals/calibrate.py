@@ -5,6 +5,7 @@ the model it was measured on (calibration is a property of a prompt and a model)
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import msgspec
@@ -44,7 +45,10 @@ def calibrate_bundle(
     opts = dataclasses.replace(
         options or ClassifierOptions(), calibrate=False, allow_model_mismatch=True
     )
-    with Classifier.open(source, model=model, options=opts) as clf:
+    with warnings.catch_warnings():  # another student than the bundle's is the point here
+        warnings.filterwarnings("ignore", message="model file .* is not the one bundle")
+        clf = Classifier.open(source, model=model, options=opts)
+    with clf:
         choice = decide_calibration(clf, data, progress)
         resolved, inputs = clf.resolved, source.runtime.content_free_inputs
     made = Bundle.create(

@@ -86,6 +86,7 @@ def _long_bundle() -> Bundle:
 
 
 @pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "removals"),
     # short: the last rule, then the first (a short shared part), then all rules again
@@ -126,6 +127,7 @@ def test_reprime_is_refused_on_the_windowed_cache() -> None:
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_audit_equals_leave_one_out_with_separate_classifiers(
     result: ablation.AuditResult,
 ) -> None:

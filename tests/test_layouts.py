@@ -62,6 +62,7 @@ def _flips(got: list[dict[str, float]], want: list[dict[str, float]]) -> list[in
 
 
 @pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_layout_equals_evaluation_from_scratch(tmp_path: Path) -> None:
     b = _bundle()
