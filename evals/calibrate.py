@@ -15,7 +15,6 @@ from pld.runtime import (
     CalibrationChoice,
     Classifier,
     ClassifierOptions,
-    RuntimeSettings,
     Student,
     load_bundle,
     resolve_bundle_path,
@@ -50,16 +49,16 @@ def calibrate_bundle(
         clf = Classifier.open(source, model=model, options=opts)
     with clf:
         choice = decide_calibration(clf, data, progress)
-        resolved, inputs = clf.resolved, source.runtime.content_free_inputs
+        resolved = clf.resolved
     made = Bundle.create(
         name=name or source.name,
         version=source.version,
         task=source.task,
         instructions=list(source.instructions),
         student=Student(model=resolved.name, sha256=resolved.sha256),
-        runtime=RuntimeSettings(
+        runtime=msgspec.structs.replace(
+            source.runtime,
             calibration=choice.choice,
-            content_free_inputs=list(inputs),
             prior=choice.prior if choice.choice == "fitted" else None,
         ),
         provenance={

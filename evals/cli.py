@@ -251,6 +251,7 @@ def calibrate(
     prior fitted there, scored by cross-validation), and write a bundle that records the choice
     with that model."""
     from .calibrate import calibrate_bundle
+    from .evaluate import describe_choice
 
     if out.exists() and out.resolve() == Path(resolve_bundle_path(bundle)).resolve():
         raise ConfigError(f"--out {out} is the source bundle; write the new bundle elsewhere")
@@ -262,13 +263,9 @@ def calibrate(
         name=name,
     )
     save_bundle(made, out)
-    tried = ", ".join(
-        f"{k} {v:.3f}" + (" (cross-validated)" if k == "fitted" else "")
-        for k, v in choice.macro_f1.items()
-    )
     typer.echo(
-        f"calibration for {choice.model} decided on {choice.n} records: {choice.choice} "
-        f"(Macro-F1 {tried}); wrote {out}"
+        f"calibration for {choice.model} decided on {choice.n} records: "
+        f"{describe_choice(choice)}; wrote {out}"
     )
     typer.echo(msgspec.json.encode(choice).decode())
 

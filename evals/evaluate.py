@@ -38,6 +38,7 @@ __all__ = [
     "EvalResult",
     "Evaluation",
     "decide_calibration",
+    "describe_choice",
     "evaluate",
     "evaluate_with_predictions",
     "format_report",
@@ -226,6 +227,15 @@ def decide_calibration(clf: Classifier, data: str | Path, show: bool) -> Calibra
     )
 
 
+def describe_choice(c: CalibrationChoice) -> str:
+    """The choice and every candidate's Macro-F1, for one line of output."""
+    tried = ", ".join(
+        f"{k} {v:.3f}" + (" (cross-validated)" if k == "fitted" else "")
+        for k, v in c.macro_f1.items()
+    )
+    return f"{c.choice} (Macro-F1 {tried})"
+
+
 def _calibrated(
     predictions: list[Prediction], labels: list[str], prior: np.ndarray
 ) -> list[Prediction]:
@@ -257,11 +267,7 @@ def format_report(res: EvalResult) -> str:
     if res.calibration_note:
         lines.append(res.calibration_note)
     if (c := res.calibration_choice) is not None:
-        tried = ", ".join(
-            f"{k} {v:.3f}" + (" cross-validated" if k == "fitted" else "")
-            for k, v in c.macro_f1.items()
-        )
-        lines.append(f"calibration decided on {c.n} records for {c.model}: {c.choice} ({tried})")
+        lines.append(f"calibration decided on {c.n} records for {c.model}: {describe_choice(c)}")
     lines += [
         "",
         f"{'label':<{w}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",

@@ -183,19 +183,17 @@ class Bundle(_Strict, frozen=True):
 def schema_version_for(bundle: Bundle) -> int:
     """The lowest schema version that can hold ``bundle``: 3 with a fitted calibration, 2 with
     rule effects, else 1."""
-    if bundle.runtime.calibration == "fitted" or bundle.runtime.prior is not None:
-        return 3
-    return 2 if bundle.metrics is not None and bundle.metrics.rule_effects is not None else 1
+    return max(_newer_fields(bundle).values(), default=1)
 
 
-def _newer_fields(bundle: Bundle) -> str:
-    """The fields that make ``bundle`` need a schema version above 1, for error messages."""
-    names = []
+def _newer_fields(bundle: Bundle) -> dict[str, int]:
+    """The fields newer than schema 1 that ``bundle`` uses, with the version each needs."""
+    used = {}
     if bundle.metrics is not None and bundle.metrics.rule_effects is not None:
-        names.append("'metrics.rule_effects'")
+        used["'metrics.rule_effects'"] = 2
     if bundle.runtime.calibration == "fitted" or bundle.runtime.prior is not None:
-        names.append("'runtime.calibration: fitted' / 'runtime.prior'")
-    return " and ".join(names)
+        used["'runtime.calibration: fitted' / 'runtime.prior'"] = 3
+    return used
 
 
 def render_system_prompt(
@@ -254,7 +252,7 @@ def validate(bundle: Bundle) -> None:
         raise BundleError(_version_message(bundle.schema_version))
     if bundle.schema_version < (needed := schema_version_for(bundle)):
         raise BundleError(
-            f"bundle field {_newer_fields(bundle)} needs schema_version {needed}, but the bundle "
+            f"bundle field {' and '.join(_newer_fields(bundle))} needs schema_version {needed}, but the bundle "
             f"says {bundle.schema_version}; re-save it with pld (save_bundle sets the version)"
         )
     rt = bundle.runtime

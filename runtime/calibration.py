@@ -92,11 +92,12 @@ def fit_prior(
         return (round(_macro_f1(g, _predict(logp, off), k), 12), -float(np.abs(off).sum()))
 
     best = np.zeros(k)
+    best_key = key(best)
     if k <= 3:
-        for combo in itertools.product(OFFSET_GRID, repeat=k - 1):
-            off = np.array([*combo, 0.0])
-            if key(off) > key(best):
-                best = off
+        candidates = (np.array([*c, 0.0]) for c in itertools.product(OFFSET_GRID, repeat=k - 1))
+        for off in candidates:
+            if (got := key(off)) > best_key:
+                best, best_key = off, got
     else:
         for _ in range(4):
             moved = False
@@ -104,8 +105,8 @@ def fit_prior(
                 for v in OFFSET_GRID:
                     off = best.copy()
                     off[i] = v
-                    if key(off) > key(best):
-                        best, moved = off, True
+                    if (got := key(off)) > best_key:
+                        best, best_key, moved = off, got, True
             if not moved:
                 break
     prior = np.exp(-best)

@@ -128,23 +128,22 @@ class Classifier:
         lanes = 1 if label_room(self.label_tokens) == 0 else len(self.labels)
         config = dataclasses.replace(opts.engine_config(), n_gpu_layers=model.n_gpu_layers)
         self.engine = Engine(model, config, prefix_len=len(self.prefix_tokens), lanes=lanes)
+        # a fitted calibration's prior (runtime.prior) belongs to the bundle's own prompt: with
+        # another system prompt the classifier runs uncalibrated unless --calibrate forces the
+        # content-free prior
+        prior = bundle.runtime.prior if system_prompt is None else None
+        self._fitted = None if prior is None else np.asarray(prior, dtype=np.float64)
         applies, note = calibration_applies(bundle, model.resolved)
-        if applies and system_prompt is not None and bundle.runtime.calibration == "fitted":
-            applies, note = (
-                False,
-                (
-                    f"calibration: none (bundle '{bundle.name}' has a prior fitted for its own "
-                    "prompt, not this one; force the content-free one with --calibrate)"
-                ),
+        if applies and bundle.runtime.prior is not None and self._fitted is None:
+            applies = False
+            note = (
+                f"calibration: none (bundle '{bundle.name}' has a prior fitted for its own "
+                "prompt, not this one; force the content-free one with --calibrate)"
             )
         self.calibrated = applies if opts.calibrate is None else opts.calibrate
         # why the bundle's recorded calibration is not used with this model, if it is not
         self.calibration_note = note if opts.calibrate is None else None
         self._cf: npt.NDArray[np.float64] | None = None  # the prior divided out, if calibrated
-        # a fitted calibration's prior (runtime.prior): fitted for the bundle's own prompt, so a
-        # classifier with another system prompt falls back to the content-free one
-        prior = bundle.runtime.prior if system_prompt is None else None
-        self._fitted = None if prior is None else np.asarray(prior, dtype=np.float64)
         self.prime_ms: float | None = None
         self.restore_ms: float | None = None
         self._prepare(opts.prefix_cache, opts.state_dir, opts.states_kept)
@@ -287,8 +286,9 @@ class Classifier:
 
         The result equals a classifier opened with ``system_prompt`` (a content-free prior is
         recomputed too), except that a bundle's fitted prior stays: the bundle's calibration
-        with other rules, as the audit's leave-one-out variants need. Needs the full-size sliding-window cache (``max_batch`` > 1): on the
-        windowed one the engine raises ``ConfigError``.
+        with other rules, as the audit's leave-one-out variants need. Needs the full-size
+        sliding-window cache (``max_batch`` > 1): on the windowed one the engine raises
+        ``ConfigError``.
         """
         tokens = self._tokens(self.format.prefix(system_prompt), bos=True)
         n = self.engine.reprime(tokens)
