@@ -197,8 +197,9 @@ def publish(
         list[str] | None,
         typer.Option(
             "--check-data",
-            help="TASK=FILE.jsonl: classify its first --check-n records ({text, label}) with the "
-            "student now and publish them as the task's acceptance check (repeatable).",
+            help="TASK=FILE.jsonl: classify its --check-n shortest records ({text, label}; each "
+            "label's shortest in turn) with the student now and publish them as the task's "
+            "acceptance check, which devices run before activation (repeatable).",
         ),
     ] = None,
     check_n: Annotated[int, typer.Option(help="Records in each acceptance check.")] = 20,
@@ -252,7 +253,9 @@ def _check_sets(bundles: list[str], specs: list[str], n: int, tolerance: float) 
         out[task] = make_check_set(paths[task], data, n=n, tolerance=tolerance)
         check = _msgspec.json.decode(out[task], type=CheckSet)
         typer.echo(
-            f"{task}: acceptance check of {len(check.cases)} inputs, {check.accuracy:.1%} on "
+            f"{task}: acceptance check of {len(check.cases)} inputs (the shortest, "
+            f"{sum(len(c.text) for c in check.cases) / len(check.cases):,.0f} characters on "
+            f"average), {check.accuracy:.1%} on "
             f"{check.backend} (devices refuse below {check.accuracy - check.tolerance:.1%})"
         )
     return out

@@ -19,9 +19,9 @@ from conftest import data_file
 from typer.testing import CliRunner
 
 from pld.cli import app
-from pld.errors import RejectedError
+from pld.errors import DataError, RejectedError
 from pld.fleet import pull, status
-from pld.fleet.acceptance import CheckSet, check_set_bytes, judge, parse_check_set
+from pld.fleet.acceptance import CheckSet, check_set_bytes, judge, parse_check_set, pick_cases
 from pld.fleet.keys import SigningKey
 from pld.fleet.publisher import publish
 from pld.fleet.sync import run_agent
@@ -62,6 +62,20 @@ def test_parse_and_judge() -> None:
         judge(ok, 0.3, "1")
 
 
+def test_a_check_takes_the_shortest_inputs_with_labels_in_turn() -> None:
+    rows = [(1, {"text": "a" * 50, "label": "x"}), (2, {"text": "b" * 5, "label": "x"}),
+            (3, {"text": "c" * 9, "label": "y"}), (4, {"text": "d" * 1, "label": "x"}),
+            (5, {"text": "e" * 7, "label": "y"}), (6, {"text": "f" * 2, "label": "z"}),
+            (8, {"text": "g" * 3, "label": "x"})]  # fmt: skip
+    # each label's shortest in turn (x: d g b a, y: e c, z: f): d e f, then g c; file order
+    assert [c.text[0] for c in pick_cases(rows, 5, "f.jsonl")] == list("cdefg")
+    # a label that runs out leaves its turns to the others: the third round is x's b alone
+    assert [c.text[0] for c in pick_cases(rows, 6, "f.jsonl")] == list("bcdefg")
+    assert len(pick_cases(rows, 100, "f.jsonl")) == len(rows)
+    with pytest.raises(DataError, match="f.jsonl:9: a check record needs a string"):
+        pick_cases([*rows, (9, {"text": 3, "label": "x"})], 2, "f.jsonl")
+
+
 @pytest.mark.model
 @pytest.mark.slow  # three primes of the real model: about 40 s on a busy 2-core machine
 def test_a_bundle_that_does_worse_on_the_device_is_not_activated(tmp_path: Path) -> None:
@@ -74,7 +88,7 @@ def test_a_bundle_that_does_worse_on_the_device_is_not_activated(tmp_path: Path)
     out = runner.invoke(app, ["bundle", "publish", str(v1), *args, "--check-data",
                               f"stereoset={data}", "--check-n", "6"])  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert "stereoset: acceptance check of 6 inputs" in out.output
+    assert "stereoset: acceptance check of 6 inputs (the shortest, " in out.output
     (checks,) = list((pub / "checks").iterdir())
     recorded = msgspec.json.decode(checks.read_bytes(), type=CheckSet)
     assert recorded.task == "stereoset" and len(recorded.cases) == 6
