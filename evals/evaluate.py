@@ -9,8 +9,11 @@ bundle was made.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 import msgspec
 import numpy as np
@@ -44,6 +47,7 @@ __all__ = [
     "format_report",
 ]
 
+P = ParamSpec("P")
 N_BOOT = 1000  # bootstrap resamples behind every interval of `pld eval` and `pld report`
 
 
@@ -79,44 +83,6 @@ class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     restore_ms: float | None
 
 
-def evaluate(
-    bundle: str | Path | Bundle,
-    data: str | Path,
-    options: ClassifierOptions | None = None,
-    *,
-    model: str | Model | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-    baseline: str = "none",
-    train: str | Path | None = None,
-    seed: int = 0,
-    example_chars: int = EXAMPLE_CHARS,
-    calibration_data: str | Path | None = None,
-) -> EvalResult:
-    """Classify every record of ``data`` (or the first ``limit``) and score against gold labels.
-
-    ``options`` run the classifier (inputs that do not fit are always truncated here; requests
-    go ``options.max_batch`` at a time). ``baseline`` "zero-shot" drops the bundle's rules;
-    "few-shot:K" also shows K examples from ``train`` (drawn with ``seed``, stratified by label,
-    each cut to ``example_chars``). ``model`` may be a loaded ``Model`` to share (left open).
-    ``calibration_data`` (labelled records, never ``data`` itself) re-decides calibration for
-    this prompt and model by measurement instead of taking the bundle's choice.
-    """
-    return evaluate_with_predictions(
-        bundle,
-        data,
-        options,
-        model=model,
-        limit=limit,
-        progress=progress,
-        baseline=baseline,
-        train=train,
-        seed=seed,
-        example_chars=example_chars,
-        calibration_data=calibration_data,
-    ).result
-
-
 def evaluate_with_predictions(
     bundle: str | Path | Bundle,
     data: str | Path,
@@ -131,8 +97,17 @@ def evaluate_with_predictions(
     example_chars: int = EXAMPLE_CHARS,
     calibration_data: str | Path | None = None,
 ) -> Evaluation:
-    """``evaluate``, keeping every record's ``Prediction`` (the JSON of `pld eval` leaves them
-    out: they grow with the data); same arguments, same numbers."""
+    """Classify every record of ``data`` (or the first ``limit``), score against gold labels, and
+    keep every record's ``Prediction`` (``evaluate`` returns the scores alone: the JSON of
+    `pld eval` leaves the predictions out, they grow with the data).
+
+    ``options`` run the classifier (inputs that do not fit are always truncated here; requests
+    go ``options.max_batch`` at a time). ``baseline`` "zero-shot" drops the bundle's rules;
+    "few-shot:K" also shows K examples from ``train`` (drawn with ``seed``, stratified by label,
+    each cut to ``example_chars``). ``model`` may be a loaded ``Model`` to share (left open).
+    ``calibration_data`` (labelled records, never ``data`` itself) re-decides calibration for
+    this prompt and model by measurement instead of taking the bundle's choice.
+    """
     spec = parse_baseline(baseline)
     records = list(read_records(data, limit=limit))
     if not records:
@@ -207,6 +182,23 @@ def evaluate_with_predictions(
         )
     finally:
         clf.close()
+
+
+def _scores_only(run: Callable[P, Evaluation]) -> Callable[P, EvalResult]:
+    """``run`` returning ``.result`` alone, with ``run``'s parameters (for help() too)."""
+
+    def evaluate(*args: P.args, **kwargs: P.kwargs) -> EvalResult:
+        """``evaluate_with_predictions`` without the predictions: the scores and how they were
+        produced (what `pld eval` prints); same arguments, same numbers."""
+        return run(*args, **kwargs).result
+
+    evaluate.__signature__ = inspect.signature(run).replace(  # type: ignore[attr-defined]
+        return_annotation="EvalResult"
+    )
+    return evaluate
+
+
+evaluate = _scores_only(evaluate_with_predictions)
 
 
 def decide_calibration(clf: Classifier, data: str | Path, show: bool) -> CalibrationChoice:

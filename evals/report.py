@@ -232,5 +232,5 @@ def format_summary(res: ReportResult) -> str:
         lines.append(
             f"bundle - {c.baseline}: macro-F1 {c.delta_macro_f1:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired)"
         )
-    lines.append(f"errors: {len(res.errors)} of {res.n}")
+    lines.append(f"wrong answers: {len(res.errors)} of {res.n} (listed in the HTML report)")
     return "\n".join(lines)

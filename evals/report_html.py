@@ -244,6 +244,6 @@ the bundle minus that baseline, with a paired bootstrap interval (green: above 0
 is decoded once per system (prime) or restored from the prefix-state cache.</p>
 <h2>Rules ({len(res.rules)})</h2>{rules}
 <h3>Labels</h3><ul>{labels}</ul>{prov}
-<h2 id="errors">Errors of the bundle</h2><p class="note">{errors_note}</p>{errors}
+<h2 id="errors">Wrong answers of the bundle</h2><p class="note">{errors_note}</p>{errors}
 </body></html>
 """
