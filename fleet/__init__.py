@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from pld.fleet.device import DeviceDir
     from pld.fleet.device_status import DeviceStatus, RollbackResult, rollback, status
     from pld.fleet.keys import PublicKey, SigningKey, generate_keys
-    from pld.fleet.publisher import PublishedTask, PublishResult, publish, rotate_keys
-    from pld.fleet.puller import PullResult, pull
+    from pld.fleet.publish_keys import rotate_keys
+    from pld.fleet.publisher import PublishedTask, PublishResult, publish
+    from pld.fleet.pull_result import PullResult
+    from pld.fleet.puller import pull
     from pld.fleet.sync_state import SyncState, read_sync_state
 
 __all__ = [
@@ -53,7 +55,7 @@ _LAZY = {
     "PublicKey": "keys",
     "PublishResult": "publisher",
     "PublishedTask": "publisher",
-    "PullResult": "puller",
+    "PullResult": "pull_result",
     "RollbackResult": "device_status",
     "SigningKey": "keys",
     "SyncState": "sync_state",
@@ -62,7 +64,7 @@ _LAZY = {
     "pull": "puller",
     "read_sync_state": "sync_state",
     "rollback": "device_status",
-    "rotate_keys": "publisher",
+    "rotate_keys": "publish_keys",
     "sign_bundle": "detached",
     "status": "device_status",
     "verify_bundle": "detached",

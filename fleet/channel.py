@@ -18,14 +18,8 @@ import msgspec
 from pld.errors import FleetError
 
 from .keys import PublicKey, SigningKey
-from .publisher import (
-    PublishedTask,
-    PublishResult,
-    _previous_index,
-    channel_dir,
-    signing_store,
-    write_index,
-)
+from .publish_store import channel_dir, current_index, signing_store, write_index
+from .publisher import PublishedTask, PublishResult
 
 __all__ = ["set_rollout"]
 
@@ -52,7 +46,7 @@ def set_rollout(
     store, keys, keyset = signing_store(
         dest, keys, root_keys, expires_in_days=expires_in_days, rollout=rollout, doing="sign"
     )
-    current = _previous_index(store, channel, keyset, carry=True)
+    current = current_index(store, channel, keyset, carry=True)
     if current is None:
         raise FleetError(f"channel {channel!r} has no index in {store.url}; publish first")
     staged = sorted(t for t, e in current.tasks.items() if e.previous is not None)

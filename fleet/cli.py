@@ -113,7 +113,7 @@ def rotate(
     """Write keys.json in --to DEST: the next key set, signed by the current and new root keys."""
     require_fleet_extra()
     from .keys import PublicKey, SigningKey
-    from .publisher import rotate_keys
+    from .publish_keys import rotate_keys
 
     keyset = rotate_keys(
         to,

@@ -3,8 +3,9 @@ atomic switch between them.
 
 Every change on disk that a pull or a rollback makes goes through ``DeviceDir``. It knows files
 and renames, not signatures, stores or models (``puller`` checks, ``device_prime`` primes,
-``device_status`` reports and rolls back). The runtime reads ``current/`` without importing
-this package (``pld.runtime.device_bundle_path``)::
+``device_status`` reports and rolls back); the records it reads and writes are
+``device_schema``'s. The runtime reads ``current/`` without importing this package
+(``pld.runtime.device_bundle_path``)::
 
     D/lock                       fcntl lock: one writer at a time (pull or rollback)
     D/device-id                  a random id made once: the device's staged-rollout bucket
@@ -20,7 +21,6 @@ this package (``pld.runtime.device_bundle_path``)::
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import fcntl
 import hashlib
@@ -31,25 +31,16 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from pld.errors import FleetError, PullLockedError
 from pld.files import atomic_write
 
-from .index import KeyRole
+from .device_schema import Manifest, TrustedState
 
-__all__ = [
-    "ActiveEntry",
-    "ChannelState",
-    "DeviceDir",
-    "Manifest",
-    "TrustedKeySet",
-    "TrustedState",
-    "check_name",
-    "iso_now",
-]
+__all__ = ["DeviceDir", "check_name"]
 
 # fullmatch only: with match, "$" also matches before a trailing newline
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -57,80 +48,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".pld.json"
 _T = TypeVar("_T")
-
-
-class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class ChannelState(_Strict, frozen=True):
-    """The newest index of a channel that the device accepted: its version and payload sha256,
-    and the key set's ``floors_reset`` when it was accepted (a later reset voids it as a floor).
-    """
-
-    version: int
-    sha256: str
-    epoch: int = 0
-
-
-class TrustedKeySet(_Strict, frozen=True):
-    """The keys (key id -> base64 raw ed25519) and signature thresholds the device trusts.
-
-    ``threshold``/``keys`` are the root role (they sign key sets); ``index`` the keys that sign
-    channel indexes (None: the root keys do, as with a key given by ``--trusted-key``).
-    """
-
-    version: int  # 0: given with --trusted-key on the first pull; then a signed keys.json's
-    threshold: int
-    keys: dict[str, str]
-    index: KeyRole | None = None
-    floors_reset: int = 0  # channel states accepted under an older value are no floor
-    previous_index: KeyRole | None = None  # what the key set says; publishers use it
-
-    def index_role(self) -> KeyRole:
-        """The keys that sign channel indexes, and how many must."""
-        return self.index or KeyRole(threshold=self.threshold, keys=self.keys)
-
-
-class TrustedState(_Strict, frozen=True):
-    """``trusted.json``: written only after every check passed and activation succeeded."""
-
-    keyset: TrustedKeySet
-    channels: dict[str, ChannelState] = msgspec.field(default_factory=dict)
-
-
-class ActiveEntry(_Strict, frozen=True):
-    """One task's bundle in a generation, and where it came from."""
-
-    name: str
-    version: str
-    sha256: str
-    length: int
-    channel: str
-    index_version: int
-    student_model: str
-    activated_at: str
-    model: str | None = None  # the model the device runs it with, when not the bundle's own
-    allow_model_mismatch: bool = False  # it runs on a model file it was not validated with
-    held_sha256: str | None = None  # rolled back from this file: pulls skip it while indexed
-
-
-class Manifest(_Strict, frozen=True):
-    """``generations/<n>/manifest.json``: what one activation holds, and what it replaced."""
-
-    generation: int
-    reason: Literal["pull", "rollback"]
-    channel: str | None
-    index_version: int | None
-    activated_at: str
-    tasks: dict[str, ActiveEntry]
-    last_known_good: dict[str, ActiveEntry] = msgspec.field(default_factory=dict)
-    channels: dict[str, ChannelState] = msgspec.field(default_factory=dict)
-
-
-def iso_now() -> str:
-    """The device clock in UTC, ISO 8601 to the second."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def check_name(value: str, what: str) -> str:

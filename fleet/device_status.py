@@ -18,7 +18,8 @@ import msgspec
 
 from pld.errors import FleetError
 
-from .device import ActiveEntry, DeviceDir, Manifest, iso_now
+from .device import DeviceDir
+from .device_schema import ActiveEntry, Manifest, iso_now
 from .sync_state import SyncState, read_sync_state
 
 __all__ = ["BundleRef", "DeviceStatus", "RollbackResult", "TaskStatus", "rollback", "status"]

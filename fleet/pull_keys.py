@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from pld.errors import FleetError, RejectedError, SignatureError
 
-from .device import TrustedKeySet, TrustedState
+from .device_schema import TrustedKeySet, TrustedState
 from .index import KeyRole, parse_keyset
 from .keys import PublicKey
 from .signed import verify_document

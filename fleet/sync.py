@@ -33,7 +33,8 @@ from pld.errors import (
 )
 
 from .keys import PublicKey
-from .puller import PullResult, pull
+from .pull_result import PullResult
+from .puller import pull
 from .sync_state import SyncError, SyncState, read_sync_state, write_sync_state
 
 __all__ = [

@@ -21,7 +21,8 @@ from pld.errors import BundleError, FleetError, RejectedError, SignatureError
 from pld.fleet.detached import sign_bundle, verify_bundle
 from pld.fleet.index import ChannelIndex, IndexEntry, check_index, parse_keyset
 from pld.fleet.keys import PublicKey, SigningKey, generate_keys
-from pld.fleet.publisher import publish, rotate_keys
+from pld.fleet.publish_keys import rotate_keys
+from pld.fleet.publisher import publish
 from pld.fleet.signed import sign_document, verify_document
 from pld.fleet.store import Store
 from pld.runtime import load_bundle, save_bundle, shipped_bundles

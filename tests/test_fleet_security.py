@@ -23,7 +23,13 @@ import pytest
 
 from pld.errors import DeadlineError, FleetError, PldError, RejectedError
 from pld.fleet import DeviceDir, publish, pull, rotate_keys, status
-from pld.fleet.device import ActiveEntry, ChannelState, Manifest, TrustedKeySet, TrustedState
+from pld.fleet.device_schema import (
+    ActiveEntry,
+    ChannelState,
+    Manifest,
+    TrustedKeySet,
+    TrustedState,
+)
 from pld.fleet.index import ChannelIndex, IndexEntry, KeyRole, KeySet, check_index
 from pld.fleet.keys import SigningKey
 from pld.fleet.signed import sign_document
@@ -244,7 +250,7 @@ def test_check_index_requires_a_student_sha256_and_a_plain_model_name() -> None:
 
 def test_names_and_hashes_must_match_whole(tmp_path: Path) -> None:
     from pld.fleet.device import check_name
-    from pld.fleet.publisher import channel_dir
+    from pld.fleet.publish_store import channel_dir
 
     for bad in ("stable\n", "stereoset\n"):
         with pytest.raises(FleetError, match="not allowed"):
