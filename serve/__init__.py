@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pld.serve.app import create_app
-    from pld.serve.registry import BundleSource, DeviceSource, Registry
+    from pld.serve.registry import Registry
     from pld.serve.server import run
     from pld.serve.service import ServeOptions, Service
+    from pld.serve.sources import BundleSource, DeviceSource
 
 __all__ = [
     "BundleSource",
@@ -31,8 +32,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "BundleSource": "registry",
-    "DeviceSource": "registry",
+    "BundleSource": "sources",
+    "DeviceSource": "sources",
     "Registry": "registry",
     "ServeOptions": "service",
     "Service": "service",

@@ -109,9 +109,9 @@ def serve(
             "could never be admitted; raise --max-queue"
         )
     require_serve_extra()
-    from .registry import BundleSource, DeviceSource, Source
     from .server import run
     from .service import ServeOptions
+    from .sources import BundleSource, DeviceSource, Source
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s pld serve: %(message)s", "%H:%M:%S"))

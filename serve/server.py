@@ -25,8 +25,9 @@ from pld.runtime import ClassifierOptions
 
 from .app import create_app
 from .metrics import ServeMetrics
-from .registry import Registry, Source
+from .registry import Registry
 from .service import ServeOptions, Service
+from .sources import Source
 
 __all__ = ["Server", "make_config", "run"]
 

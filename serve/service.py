@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pld.errors import ConfigError
 
 from .metrics import ServeMetrics
-from .registry import DeviceSource, Generation, Registry, ReloadResult
+from .registry import Generation, Registry, ReloadResult
+from .sources import DeviceSource
 from .worker import Worker
 
 __all__ = ["ServeOptions", "Service"]

@@ -365,7 +365,7 @@ def test_rules_read_back_from_a_runs_cache(tmp_path: Path) -> None:
 
 
 def test_provenance_describes_the_embedder(tmp_path: Path) -> None:
-    from pld.distiller.pipeline import _describe
+    from pld.distiller.provenance import describe_backend as _describe
 
     embedder = WordLlamaEmbedder(cache=ResponseCache(tmp_path))
     assert _describe(embedder, "wordllama", "embedder") == {

@@ -32,8 +32,9 @@ from pld.fleet.sync_state import SyncState, write_sync_state
 from pld.runtime import ClassifierOptions, load_bundle, save_bundle, shipped_bundles
 from pld.serve.app import create_app
 from pld.serve.metrics import ServeMetrics
-from pld.serve.registry import DeviceSource, Registry
+from pld.serve.registry import Registry
 from pld.serve.service import ServeOptions, Service
+from pld.serve.sources import DeviceSource
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

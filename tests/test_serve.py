@@ -32,8 +32,9 @@ from pld.runtime import Instruction, load_bundle, render_system_prompt, save_bun
 from pld.runtime.cli_options import classifier_options
 from pld.serve.app import create_app
 from pld.serve.metrics import ServeMetrics
-from pld.serve.registry import BundleSource, Registry
+from pld.serve.registry import Registry
 from pld.serve.service import ServeOptions, Service
+from pld.serve.sources import BundleSource
 
 pytestmark = pytest.mark.model
 

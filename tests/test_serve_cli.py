@@ -63,7 +63,7 @@ def test_bad_arguments_are_refused_before_loading(
 
 def test_a_task_given_twice_is_refused() -> None:
     from pld.errors import BundleError
-    from pld.serve.registry import BundleSource
+    from pld.serve.sources import BundleSource
 
     with pytest.raises(BundleError, match="given twice"):
         BundleSource(["stereoset", "stereoset"])

@@ -25,8 +25,9 @@ from pld.runtime import ClassifierOptions
 from pld.serve import server as serve_server
 from pld.serve.app import create_app
 from pld.serve.metrics import ServeMetrics
-from pld.serve.registry import BundleSource, Registry
+from pld.serve.registry import Registry
 from pld.serve.service import ServeOptions, Service
+from pld.serve.sources import BundleSource
 
 REMOTE = ("203.0.113.7", 40000)
 LOOPBACK = ("127.0.0.1", 40000)
@@ -151,7 +152,7 @@ def test_an_active_file_changed_after_its_pull_is_not_served(tmp_path: Path) -> 
     from test_fleet_security import hand_device
 
     from pld.errors import BundleError
-    from pld.serve.registry import DeviceSource
+    from pld.serve.sources import DeviceSource
 
     d = tmp_path / "dev"
     hand_device(d)
