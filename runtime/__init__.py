@@ -27,9 +27,10 @@ from .calibration import (
     choose_calibration,
     fit_prior,
 )
-from .classifier import Classifier, Prediction, Timings
+from .classifier import Classifier
 from .model import Model, quiet_llama
 from .options import DEVICE_STATES_KEPT, ClassifierOptions
+from .prediction import Prediction, Timings
 from .records import Record, read_records
 from .store import device_bundle_path, device_run_settings, resolve_bundle_path, shipped_bundles
 

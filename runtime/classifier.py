@@ -1,9 +1,9 @@
 """The public face of the runtime: a bundle plus a model, classifying text into the bundle's labels.
 
-Owns input checks, the prompt split into prefix and suffix, label scoring and contextual
-calibration, and the prefix-state cache. The heavy lifting is ``engine.Engine``; the weights are
-a ``model.Model`` that several classifiers may share; which file a model name means is
-``pld.models``.
+Owns the prompt split into prefix and suffix, label scoring and contextual calibration, and the
+prefix-state cache. Input refusals are ``checks``, the result records ``prediction``. The heavy
+lifting is ``engine.Engine``; the weights are a ``model.Model`` that several classifiers may
+share; which file a model name means is ``pld.models``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -26,70 +25,17 @@ from pld.paths import prefix_states_dir
 from .batch import label_room
 from .bundle import Bundle, load_bundle
 from .calibration import apply_prior, calibration_applies
-from .engine import Engine, gpu_backend
+from .checks import check_text, mismatch_message
+from .devices import gpu_backend
+from .engine import Engine
 from .model import Model
 from .options import DEVICE_STATES_KEPT, ClassifierOptions
+from .prediction import Prediction, Timings
 from .prefix_cache import PrefixStateStore, state_key
 from .store import device_bundle_path, device_run_settings, resolve_bundle_path
 from .template import CHAT_FORMATS, ChatFormat, Segment
 
-__all__ = ["Classifier", "Prediction", "Timings", "mismatch_message"]
-
-
-class Timings(msgspec.Struct, frozen=True, kw_only=True):
-    """Where one request's time went; batched requests report their share of the batch."""
-
-    input_tokens: int
-    tokenize_ms: float
-    decode_ms: float
-    total_ms: float
-
-
-class Prediction(msgspec.Struct, frozen=True, kw_only=True):
-    """A label, the probability of every label, and how it was computed."""
-
-    label: str
-    probs: dict[str, float]
-    calibrated: bool
-    timings: Timings
-    id: str | None = None
-    truncated: bool = False
-
-
-def _check_text(text: str | bytes) -> str:
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"input is not valid UTF-8 (byte {text[exc.start]:#04x} at offset {exc.start}); "
-                "decode it with the right encoding before classifying"
-            ) from None
-    if not isinstance(text, str):
-        raise InputError(f"input must be str or bytes, not {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(
-            f"input is not valid UTF-8 text (unpaired surrogate at offset {exc.start}); "
-            "decode the source bytes with errors='replace' or fix the input"
-        ) from None
-    if not text.strip():
-        raise InputError("input is empty; pass the text to classify")
-    return text
-
-
-def mismatch_message(bundle: Bundle, resolved: models.ResolvedModel) -> str | None:
-    """Why ``resolved`` is not the model file ``bundle`` was validated with, or None if it is."""
-    expected = bundle.student.sha256
-    if not expected or resolved.sha256 == expected:
-        return None
-    return (
-        f"model file {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
-        f"bundle '{bundle.name}' was validated with ({bundle.student.model}, sha256 "
-        f"{expected[:12]}...); use that model, or pass allow_model_mismatch=True / "
-        "--allow-model-mismatch to run it anyway"
-    )
+__all__ = ["Classifier"]
 
 
 class Classifier:
@@ -311,7 +257,7 @@ class Classifier:
         Raises ``InputError`` for empty or non-UTF-8 text and ``ContextOverflowError`` for an
         input that does not fit (unless the classifier truncates).
         """
-        body = self.model.tokenize(_check_text(text), special=False)
+        body = self.model.tokenize(check_text(text), special=False)
         room = self.engine.capacity(len(self._tail), label_room(self.label_tokens))
         room = min(room, self.engine.config.max_input_tokens - len(self._tail))
         if len(body) > room:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pld.errors import ConfigError
 
-from .engine import KV_TYPES, EngineConfig
+from .context import KV_TYPES, EngineConfig
 
 __all__ = [
     "DEVICE_STATES_KEPT",
@@ -50,7 +50,7 @@ class ClassifierOptions:
     n_threads_batch: int = 0  # threads for prompt-sized batches (0: as n_threads)
     max_input_tokens: int = 2048
     flash_attn: bool | None = False  # None: llama.cpp decides
-    type_k: str = "f16"  # KV cache types (engine.KV_TYPES); a quantized V needs flash_attn
+    type_k: str = "f16"  # KV cache types (context.KV_TYPES); a quantized V needs flash_attn
     type_v: str = "f16"
     op_offload: bool = True
     calibrate: bool | None = None

@@ -19,7 +19,8 @@ from pld.bench.inputs import default_bundle
 from pld.cli import app
 from pld.errors import ConfigError
 from pld.runtime import Bundle, Classifier, ClassifierOptions, Student, load_bundle
-from pld.runtime.engine import KV_TYPES, devices, gpu_backend
+from pld.runtime.context import KV_TYPES
+from pld.runtime.devices import devices, gpu_backend
 from pld.runtime.options import parse_kv_type, tuning_overrides
 
 runner = CliRunner()
@@ -79,14 +80,14 @@ def test_backend_names_the_gpu_backend_llama_cpp_offloads_to(
     assert (gpu_backend() is not None) == bool(L.llama_supports_gpu_offload())
     # The registry of a CUDA or Metal build cannot be produced on this CPU-only machine, so
     # these two fake it, to check the names the JSON's "backend" field would carry there.
-    import pld.runtime.engine as engine
+    import pld.runtime.devices as registry
 
-    monkeypatch.setattr(engine, "devices", lambda: [("CPU", "CPU", 0), ("CUDA", "CUDA0", 1)])
-    assert engine.gpu_backend() == "cuda"
-    monkeypatch.setattr(engine, "devices", lambda: [("MTL", "MTL0", 2), ("CPU", "CPU", 0)])
-    assert engine.gpu_backend() == "metal"
-    monkeypatch.setattr(engine, "devices", lambda: [("BLAS", "BLAS", 3), ("CPU", "CPU", 0)])
-    assert engine.gpu_backend() is None
+    monkeypatch.setattr(registry, "devices", lambda: [("CPU", "CPU", 0), ("CUDA", "CUDA0", 1)])
+    assert registry.gpu_backend() == "cuda"
+    monkeypatch.setattr(registry, "devices", lambda: [("MTL", "MTL0", 2), ("CPU", "CPU", 0)])
+    assert registry.gpu_backend() == "metal"
+    monkeypatch.setattr(registry, "devices", lambda: [("BLAS", "BLAS", 3), ("CPU", "CPU", 0)])
+    assert registry.gpu_backend() is None
 
 
 def _window_bundle(n_rules: int) -> Bundle:
