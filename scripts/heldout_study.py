@@ -74,17 +74,20 @@ def main() -> None:
             "calibration_scores": r.calibration_choice.macro_f1 if r.calibration_choice else None,
             "per_label_f1": {k: v.f1 for k, v in r.report.per_label.items()},
             "confusion": r.report.confusion,
+            "predictions": [p.label for p in ev.predictions],
         }  # fmt: skip
-    for name in args.bundles:
+    # every bundle against each baseline, and few-shot against zero-shot
+    pairs = [(name, base) for name in args.bundles for base in baselines]
+    pairs.append((baselines[1], baselines[0]))
+    for name, base in pairs:
         mine = [p.label for p in runs[name].predictions]
-        for base in baselines:
-            theirs = [p.label for p in runs[base].predictions]
-            d = paired_bootstrap_delta(gold, mine, theirs, labels, n_boot=2000, seed=0)
-            print(f"{name} - {base}: Macro-F1 {d.macro_f1:+.3f} "
-                  f"[{d.macro_f1_ci[0]:+.3f}, {d.macro_f1_ci[1]:+.3f}], accuracy "
-                  f"{d.accuracy:+.3f} [{d.accuracy_ci[0]:+.3f}, {d.accuracy_ci[1]:+.3f}] "
-                  "(95% paired bootstrap, 2000 resamples)")  # fmt: skip
-            out["paired"][f"{name} - {base}"] = msgspec.to_builtins(d)  # type: ignore[index]
+        theirs = [p.label for p in runs[base].predictions]
+        d = paired_bootstrap_delta(gold, mine, theirs, labels, n_boot=2000, seed=0)
+        print(f"{name} - {base}: Macro-F1 {d.macro_f1:+.3f} "
+              f"[{d.macro_f1_ci[0]:+.3f}, {d.macro_f1_ci[1]:+.3f}], accuracy "
+              f"{d.accuracy:+.3f} [{d.accuracy_ci[0]:+.3f}, {d.accuracy_ci[1]:+.3f}] "
+              "(95% paired bootstrap, 2000 resamples)")  # fmt: skip
+        out["paired"][f"{name} - {base}"] = msgspec.to_builtins(d)  # type: ignore[index]
     line = msgspec.json.encode(out).decode()
     print(line)
     if args.json_out:
