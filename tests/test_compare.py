@@ -291,8 +291,11 @@ def test_llama_server_contenders_report_what_the_server_evaluated(tmp_path: Path
         for r in full["per_request"][name]:
             assert r["prompt_tokens"] == pld_prompt[r["input"]]  # the same prompt as pld's
             assert r["evaluated"] + r["cache_n"] == r["prompt_tokens"]  # its own timings
-            if name in LOGPROBS:  # one token; the label from its top log-probabilities
-                assert r["completion_tokens"] == 1 and r["label"] in labels
+            if name in LOGPROBS:  # one token; the label from its top log-probabilities, or
+                # none when no label's first token is among the top N_PROBS: Gemma-3 270M base
+                # often ranks words like "Answer" first and the labels below 32 (pld scores
+                # the labels themselves, so it always has one)
+                assert r["completion_tokens"] == 1 and r["label"] in [*labels, None]
             else:
                 assert r["label"] == match_label(r["text"], labels) is not None
         assert c["peak_rss_mb"] > 0
