@@ -25,6 +25,7 @@ from pld.errors import FleetError, RejectedError, SignatureError
 from .device_schema import TrustedKeySet
 from .index import ChannelIndex, IndexEntry, KeyRole, utc_now
 from .keys import PublicKey, SigningKey
+from .pull_checks import MAX_INDEX_BYTES, MAX_KEYS_BYTES  # the bounds a device reads with
 from .pull_keys import catch_up, role_map
 from .signed import Envelope, sign_document, verify_document
 from .store import Store
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 KEYSET_FILE = "keys.json"
-MAX_INDEX_BYTES = 4 << 20  # as a device reads them
-MAX_KEYS_BYTES = 1 << 20
 _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
