@@ -23,6 +23,7 @@ from pld.errors import RunInterrupted
 __all__ = ["app", "cluster", "distill"]
 
 Calibration = Literal["none", "contextual", "fitted", "auto"]  # pipeline.Settings.calibration
+Revise = Literal["list", "targeted"]  # pipeline.Settings.revise
 
 INTERRUPTED = (
     "interrupted; finished work is kept (teacher replies are cached): run the same command "
@@ -102,6 +103,14 @@ def distill(
         ),
     ] = 3000,
     max_rules: Annotated[int, typer.Option(help="Most rules a revision may hold.")] = 40,
+    revise: Annotated[
+        Revise,
+        typer.Option(
+            help="How the conflict loop revises: 'list' has the synthesis model rewrite the whole "
+            "list (the paper's way); 'targeted' asks for one new rule per round for the student's "
+            "most frequent confusion (for a teacher too weak to rewrite a list)."
+        ),
+    ] = "list",
     prompt_budget: Annotated[
         int, typer.Option(help="Most system-prompt tokens; lowest-support rules are pruned first.")
     ] = 4096,
@@ -159,7 +168,7 @@ def distill(
             max_rounds=rounds, loop_limit=loop_limit, max_failures=loop_failures,
             max_successes=loop_successes, example_chars=example_chars, max_rules=max_rules,
             prompt_budget=prompt_budget, calibration=calibration, text_field=text_field,
-            label_field=label_field, vote=vote,
+            label_field=label_field, vote=vote, revise=revise,
         )  # fmt: skip
         result = run(
             task=task, train=train, dev=dev, teacher=teacher, out=out, synthesis=synthesis,

@@ -1,13 +1,17 @@
 """Stage 4, the conflict loop: show the synthesis model where the student fails, keep a revised
 rule set only if it raises dev Macro-F1, stop on convergence or after a round limit.
 
-Knows the revise prompt and the acceptance rule; the student and teacher are passed in.
+Two ways to revise: ``list`` (the paper's: the synthesis model rewrites the whole list from the
+failures and successes; the loop stops at the first revision that does not help) and
+``targeted`` (``pld.distiller.targeted``: one new rule per round for the student's most frequent
+confusion; a rejected rule is dropped and the next round tries the next confusion). Knows the
+revise prompt and the acceptance rule; the student and teacher are passed in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -15,12 +19,15 @@ from pld.distiller.ask import AskStats, ask_json
 from pld.distiller.data import Example
 from pld.distiller.extract import task_values
 from pld.distiller.student import Scored, StudentRunner
+from pld.distiller.targeted import Confusion, confusions, targeted_rule
 from pld.distiller.teacher import Teacher
 from pld.distiller.templates import prompt
 from pld.runtime.bundle import Instruction, Task
 from pld.text import clip
 
-__all__ = ["Revision", "Round", "conflict_loop"]
+__all__ = ["Revise", "Revision", "Round", "conflict_loop"]
+
+Revise = Literal["list", "targeted"]
 
 
 class RevisedRule(msgspec.Struct, frozen=True):
@@ -44,6 +51,8 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     dev_macro_f1_after: float | None
     accepted: bool
     reason: str
+    target: str | None = None  # targeted: "G answered as P (N training errors)"
+    rule: str | None = None  # targeted: the rule tried
 
 
 def conflict_loop(
@@ -61,6 +70,7 @@ def conflict_loop(
     max_rules: int = 40,
     max_input_chars: int = 3000,
     max_repairs: int = 2,
+    revise: Revise = "list",
     stats: AskStats | None = None,
     show_progress: bool = True,
 ) -> tuple[list[Instruction], Scored, list[Round]]:
@@ -69,6 +79,7 @@ def conflict_loop(
     """
     best, best_score, rounds = list(instructions), dev_score, []
     labels = [x.name for x in task.labels]
+    tried: set[Confusion] = set()
     for r in range(1, max_rounds + 1):
         on_train = student.evaluate(task, best, train, label=f"round {r}: student on train",
                                     show_progress=show_progress)  # fmt: skip
@@ -79,6 +90,40 @@ def conflict_loop(
             rounds.append(Round(round=r, train_errors=0, train_n=len(train), dev_macro_f1_before=before,
                                 dev_macro_f1_after=None, accepted=False, reason="no training errors left"))  # fmt: skip
             break
+        if revise == "targeted":
+            pending = [c for c in confusions(wrong, labels) if c not in tried]
+            if not pending or len(best) >= max_rules:
+                why = "every confusion tried" if not pending else f"{max_rules} rules already"
+                rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+                                    dev_macro_f1_after=None, accepted=False, reason=why))  # fmt: skip
+                break
+            tried.add(confusion := pending[0])
+            n = sum((ex.label, p) == confusion for ex, p in wrong)
+            target = f"{confusion[0]} answered as {confusion[1]} ({n} training errors)"
+            text = targeted_rule(
+                synthesis, task, best, confusion, wrong, right, max_failures=max_failures,
+                max_contrasts=max_successes, max_input_chars=max_input_chars,
+                max_repairs=max_repairs, stats=stats, show_progress=show_progress,
+                label=f"round {r}: a rule for {confusion[0]} answered as {confusion[1]}",
+            )  # fmt: skip
+            if text is None:
+                rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+                                    dev_macro_f1_after=None, accepted=False, reason="no usable rule",
+                                    target=target))  # fmt: skip
+                continue
+            candidate = [*best, Instruction(id=f"r{len(best) + 1}", text=text, support=n, round=r)]
+            scored = student.evaluate(task, candidate, dev, label=f"round {r}: student on dev",
+                                      show_progress=show_progress)  # fmt: skip
+            accepted = scored.macro_f1 > best_score.macro_f1
+            rounds.append(Round(
+                round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+                dev_macro_f1_after=scored.macro_f1, accepted=accepted,
+                reason="dev Macro-F1 improved" if accepted else "dev Macro-F1 did not improve",
+                target=target, rule=text,
+            ))  # fmt: skip
+            if accepted:
+                best, best_score = candidate, scored
+            continue
         shown_wrong = _spread(wrong, max_failures, labels)
         shown_right = _spread(right, max_successes, labels)
         listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
@@ -105,7 +150,8 @@ def conflict_loop(
         )  # fmt: skip
         if reply is None:
             rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
-                                dev_macro_f1_after=None, accepted=False, reason="no usable revision"))  # fmt: skip
+                                dev_macro_f1_after=None, accepted=False,
+                                reason="no usable revision (a teacher too weak to rewrite the list: try --revise targeted)"))  # fmt: skip
             break
         candidate = _revised(best, reply, r, max_rules)
         scored = student.evaluate(task, candidate, dev, label=f"round {r}: student on dev",

@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # "auto": with and without contextual calibration, the better on dev (for this student)
     calibration: Literal["none", "contextual", "fitted", "auto"] = "auto"
     vote: bool = True  # drop the minority where one condition led to several labels
+    revise: Literal["list", "targeted"] = "list"  # the conflict loop's revision (loop.Revise)
     text_field: str = "text"
     label_field: str = "label"
 

@@ -211,13 +211,15 @@ def refine(
         synthesis, runner, task, instructions, data.loop, data.dev, dev_score=first,
         max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
         max_input_chars=s.example_chars, max_rules=s.max_rules, max_repairs=s.max_repairs,
-        stats=run.stats["revise"], show_progress=show,
+        revise=s.revise, stats=run.stats["revise"], show_progress=show,
     )  # fmt: skip
     for r in rounds:
         after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
         say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
             f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "
             f"({r.reason})")  # fmt: skip
+        if r.target is not None:
+            say(f"  target: {r.target}" + (f"; rule tried: {r.rule}" if r.rule else ""))
     say(f"conflict loop: {len(rounds)} rounds, {sum(r.accepted for r in rounds)} accepted; "
         f"{_spent(run.cache)}")  # fmt: skip
     final, more = _budget(runner, task, final, s.prompt_budget, say)

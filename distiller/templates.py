@@ -14,7 +14,7 @@ from string import Template
 
 __all__ = ["PROMPTS", "prompt", "prompt_hashes", "prompt_prefix"]
 
-PROMPTS = ("extract", "consolidate", "revise")
+PROMPTS = ("extract", "consolidate", "revise", "target")
 
 
 @cache

@@ -127,6 +127,12 @@ def teacher_reply(body: dict[str, Any], axes: dict[str, int] = STEREOSET_AXES) -
             # a condition of its own per label, as a teacher that knows the task writes
             "rule": f"When a sentence shows the {label}-like pattern of this kind, answer {label}.",
         }
+    elif "whose condition holds for the first group" in text:  # a targeted revision
+        match = re.search(r'the correct label of each is "([^"]+)"', text)
+        assert match is not None
+        reply = {
+            "instruction": f"If the input shows the pattern the student missed, answer {match[1]}."
+        }
     elif "written independently" in text:
         label = _label_of(text.split("recurring pattern")[1], axes)
         reply = {"instruction": f"Sentences that follow this shared pattern are {label}."}

@@ -217,7 +217,7 @@ def test_prompt_templates_render_strictly_and_are_hashed() -> None:
     with pytest.raises(KeyError, match="label"):
         prompt("extract", description="D.", labels="- a: x", input_format="f", input="i")
     hashes = prompt_hashes()
-    assert list(hashes) == list(PROMPTS) == ["extract", "consolidate", "revise"]
+    assert list(hashes) == list(PROMPTS) == ["extract", "consolidate", "revise", "target"]
     assert all(h.startswith("sha256:") and len(h) == 71 for h in hashes.values())
 
 

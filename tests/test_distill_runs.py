@@ -252,3 +252,64 @@ def test_real_server_run_resumes_after_a_crash_and_replays_offline(tmp_path: Pat
     with Classifier.open(out) as clf:
         pred = clf.classify(records("stereoset", "dev", 1)[0]["text"])
         assert pred.label in clf.labels and abs(sum(pred.probs.values()) - 1) < 1e-6
+
+
+# ---- the targeted conflict loop, with the real student ---------------------------------------
+
+
+@pytest.mark.model
+def test_targeted_loop_adds_one_rule_per_confusion_and_keeps_it_only_if_dev_rises(
+    tmp_path: Path,
+) -> None:
+    """Each round targets the next most frequent (correct, answered) pair not tried yet; the new
+    rule leads to the correct label, is appended, and stays only where dev Macro-F1 rose."""
+    from pld.distiller.backends import open_teacher
+    from pld.distiller.cache import ResponseCache
+    from pld.distiller.data import Example, load_task
+    from pld.distiller.loop import conflict_loop
+    from pld.distiller.student import StudentRunner
+    from pld.distiller.targeted import confusions
+    from pld.runtime.bundle import Instruction
+
+    server = ScriptedServer()
+    server.responder = teacher_reply
+    server.thread.start()
+    task = load_task("stereoset")
+    labels = [x.name for x in task.labels]
+    ex = [Example(id=str(r["id"]), text=r["text"], label=r["label"])
+          for r in records("stereoset", "train", 12)]  # fmt: skip
+    dev = [Example(id=str(r["id"]), text=r["text"], label=r["label"])
+           for r in records("stereoset", "dev", 9)]  # fmt: skip
+    start = [
+        Instruction(id="r1", text="If the sentence repeats a common belief, answer stereotype.")
+    ]
+    teacher = open_teacher(f"openai:scripted@{server.url}", cache=ResponseCache(tmp_path / "t"))
+    try:
+        with StudentRunner("gemma-3-270m", calibration="none", cache_dir=tmp_path / "s") as runner:
+            train_run = runner.evaluate(task, start, ex, label="train", show_progress=False)
+            wrong = [(e, p) for e, p in zip(ex, train_run.predictions) if p != e.label]
+            expected = confusions(wrong, labels)
+            assert expected, "the fixture must give the student something to get wrong"
+            score = runner.evaluate(task, start, dev, label="dev", show_progress=False)
+            final, final_score, rounds = conflict_loop(
+                teacher, runner, task, start, ex, dev, dev_score=score, max_rounds=2,
+                revise="targeted", show_progress=False,
+            )  # fmt: skip
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert rounds and rounds[0].target is not None
+    gold, answered = expected[0]
+    assert rounds[0].target.startswith(f"{gold} answered as {answered} (")
+    targets = [r.target for r in rounds if r.target is not None]
+    assert len(set(targets)) == len(targets)  # a confusion is tried once
+    asked = [e["body"]["messages"][0]["content"] for e in server.log]
+    assert len(asked) == len(targets) and all("whose condition holds" in a for a in asked)
+    kept = [x.text for x in final[1:]]
+    for r in rounds:
+        assert r.rule is not None and r.rule.endswith(f"answer {r.target.split()[0]}.")
+        assert (r.rule in kept) == r.accepted
+        assert r.accepted == (
+            r.dev_macro_f1_after is not None and r.dev_macro_f1_after > r.dev_macro_f1_before
+        )
+    assert final[0] == start[0] and final_score.macro_f1 >= score.macro_f1
