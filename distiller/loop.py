@@ -10,6 +10,7 @@ revise prompt and the acceptance rule; the student and teacher are passed in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -78,94 +79,143 @@ def conflict_loop(
     dev score and one ``Round`` per round tried. ``dev_score`` is the score of ``instructions``.
     """
     best, best_score, rounds = list(instructions), dev_score, []
-    labels = [x.name for x in task.labels]
     tried: set[Confusion] = set()
     for r in range(1, max_rounds + 1):
         on_train = student.evaluate(task, best, train, label=f"round {r}: student on train",
                                     show_progress=show_progress)  # fmt: skip
         wrong = [(ex, p) for ex, p in zip(train, on_train.predictions) if p != ex.label]
         right = [(ex, p) for ex, p in zip(train, on_train.predictions) if p == ex.label]
-        before = best_score.macro_f1
+        done = functools.partial(Round, round=r, train_errors=len(wrong), train_n=len(train),
+                                 dev_macro_f1_before=best_score.macro_f1)  # fmt: skip
         if not wrong:
-            rounds.append(Round(round=r, train_errors=0, train_n=len(train), dev_macro_f1_before=before,
-                                dev_macro_f1_after=None, accepted=False, reason="no training errors left"))  # fmt: skip
+            rounds.append(
+                done(dev_macro_f1_after=None, accepted=False, reason="no training errors left")
+            )
             break
         if revise == "targeted":
-            pending = [c for c in confusions(wrong, labels) if c not in tried]
-            if not pending or len(best) >= max_rules:
-                why = "every confusion tried" if not pending else f"{max_rules} rules already"
-                rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
-                                    dev_macro_f1_after=None, accepted=False, reason=why))  # fmt: skip
+            attempt = _targeted(synthesis, task, best, wrong, right, tried, r, max_failures=max_failures,
+                                max_successes=max_successes, max_rules=max_rules,
+                                max_input_chars=max_input_chars, max_repairs=max_repairs,
+                                stats=stats, show_progress=show_progress)  # fmt: skip
+        else:
+            attempt = _whole_list(synthesis, task, best, train, on_train.predictions, wrong, right, r,
+                                  max_failures=max_failures, max_successes=max_successes,
+                                  max_rules=max_rules, max_input_chars=max_input_chars,
+                                  max_repairs=max_repairs, stats=stats, show_progress=show_progress)  # fmt: skip
+        if attempt.rules is None:
+            rounds.append(done(dev_macro_f1_after=None, accepted=False, reason=attempt.why,
+                               target=attempt.target))  # fmt: skip
+            if attempt.stop:
                 break
-            tried.add(confusion := pending[0])
-            n = sum((ex.label, p) == confusion for ex, p in wrong)
-            target = f"{confusion[0]} answered as {confusion[1]} ({n} training errors)"
-            text = targeted_rule(
-                synthesis, task, best, confusion, wrong, right, max_failures=max_failures,
-                max_contrasts=max_successes, max_input_chars=max_input_chars,
-                max_repairs=max_repairs, stats=stats, show_progress=show_progress,
-                label=f"round {r}: a rule for {confusion[0]} answered as {confusion[1]}",
-            )  # fmt: skip
-            if text is None:
-                rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
-                                    dev_macro_f1_after=None, accepted=False, reason="no usable rule",
-                                    target=target))  # fmt: skip
-                continue
-            candidate = [*best, Instruction(id=f"r{len(best) + 1}", text=text, support=n, round=r)]
-            scored = student.evaluate(task, candidate, dev, label=f"round {r}: student on dev",
-                                      show_progress=show_progress)  # fmt: skip
-            accepted = scored.macro_f1 > best_score.macro_f1
-            rounds.append(Round(
-                round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
-                dev_macro_f1_after=scored.macro_f1, accepted=accepted,
-                reason="dev Macro-F1 improved" if accepted else "dev Macro-F1 did not improve",
-                target=target, rule=text,
-            ))  # fmt: skip
-            if accepted:
-                best, best_score = candidate, scored
             continue
-        shown_wrong = _spread(wrong, max_failures, labels)
-        shown_right = _spread(right, max_successes, labels)
-        listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
-        failures = "\n\n".join(
-            f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
-            for ex, p in shown_wrong
-        )
-        successes = (
-            "\n\n".join(
-                f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
-                for ex, _ in shown_right
-            )
-            or "(none)"
-        )
-        conversation = [{"role": "user", "content": prompt(
-            "revise", **task_values(task), rules=listing, failures=failures,
-            successes=successes, max_rules=max_rules,
-            summary=_summary(train, on_train.predictions, labels),
-        )}]  # fmt: skip
-        (reply,) = ask_json(
-            synthesis, [conversation], Revision, label=f"round {r}: revising rules",
-            max_tokens=revision_tokens(max_rules), max_repairs=max_repairs, stats=stats,
-            show_progress=show_progress,
-        )  # fmt: skip
-        if reply is None:
-            rounds.append(Round(round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
-                                dev_macro_f1_after=None, accepted=False,
-                                reason="no usable revision (a teacher too weak to rewrite the list: try --revise targeted)"))  # fmt: skip
-            break
-        candidate = _revised(best, reply, r, max_rules)
-        scored = student.evaluate(task, candidate, dev, label=f"round {r}: student on dev",
+        scored = student.evaluate(task, attempt.rules, dev, label=f"round {r}: student on dev",
                                   show_progress=show_progress)  # fmt: skip
         accepted = scored.macro_f1 > best_score.macro_f1
-        rounds.append(Round(
-            round=r, train_errors=len(wrong), train_n=len(train), dev_macro_f1_before=before,
+        rounds.append(done(
             dev_macro_f1_after=scored.macro_f1, accepted=accepted,
             reason="dev Macro-F1 improved" if accepted else "dev Macro-F1 did not improve",
+            target=attempt.target, rule=attempt.rule,
         ))  # fmt: skip
-        if not accepted:
+        if accepted:
+            best, best_score = attempt.rules, scored
+        elif revise == "list":  # a whole-list revision that does not help: converged
             break
-        best, best_score = candidate, scored
     return best, best_score, rounds
+
+
+class _Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """A round's candidate rule list, or why there is none and whether the loop stops."""
+
+    rules: list[Instruction] | None
+    why: str = ""
+    stop: bool = True
+    target: str | None = None
+    rule: str | None = None
+
+
+def _targeted(
+    synthesis: Teacher,
+    task: Task,
+    best: list[Instruction],
+    wrong: list[tuple[Example, str]],
+    right: list[tuple[Example, str]],
+    tried: set[Confusion],
+    round_: int,
+    *,
+    max_failures: int,
+    max_successes: int,
+    max_rules: int,
+    max_input_chars: int,
+    max_repairs: int,
+    stats: AskStats | None,
+    show_progress: bool,
+) -> _Attempt:
+    """The rules plus one new rule for the most frequent confusion not tried yet."""
+    pending = [c for c in confusions(wrong, [x.name for x in task.labels]) if c not in tried]
+    if not pending or len(best) >= max_rules:
+        return _Attempt(
+            rules=None, why="every confusion tried" if not pending else f"{max_rules} rules already"
+        )
+    tried.add(confusion := pending[0])
+    n = sum((ex.label, p) == confusion for ex, p in wrong)
+    target = f"{confusion[0]} answered as {confusion[1]} ({n} training errors)"
+    text = targeted_rule(
+        synthesis, task, best, confusion, wrong, right, max_failures=max_failures,
+        max_contrasts=max_successes, max_input_chars=max_input_chars, max_repairs=max_repairs,
+        stats=stats, show_progress=show_progress,
+        label=f"round {round_}: a rule for {confusion[0]} answered as {confusion[1]}",
+    )  # fmt: skip
+    if text is None:
+        return _Attempt(rules=None, why="no usable rule", stop=False, target=target)
+    new = Instruction(id=f"r{len(best) + 1}", text=text, support=n, round=round_)
+    return _Attempt(rules=[*best, new], target=target, rule=text)
+
+
+def _whole_list(
+    synthesis: Teacher,
+    task: Task,
+    best: list[Instruction],
+    train: Sequence[Example],
+    predictions: Sequence[str],
+    wrong: list[tuple[Example, str]],
+    right: list[tuple[Example, str]],
+    round_: int,
+    *,
+    max_failures: int,
+    max_successes: int,
+    max_rules: int,
+    max_input_chars: int,
+    max_repairs: int,
+    stats: AskStats | None,
+    show_progress: bool,
+) -> _Attempt:
+    """The synthesis model's rewrite of the whole list from failures and successes."""
+    labels = [x.name for x in task.labels]
+    listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
+    failures = "\n\n".join(
+        f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
+        for ex, p in _spread(wrong, max_failures, labels)
+    )
+    successes = "\n\n".join(
+        f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
+        for ex, _ in _spread(right, max_successes, labels)
+    )
+    conversation = [{"role": "user", "content": prompt(
+        "revise", **task_values(task), rules=listing, failures=failures,
+        successes=successes or "(none)", max_rules=max_rules,
+        summary=_summary(train, predictions, labels),
+    )}]  # fmt: skip
+    (reply,) = ask_json(
+        synthesis, [conversation], Revision, label=f"round {round_}: revising rules",
+        max_tokens=revision_tokens(max_rules), max_repairs=max_repairs, stats=stats,
+        show_progress=show_progress,
+    )  # fmt: skip
+    if reply is None:
+        return _Attempt(
+            rules=None,
+            why="no usable revision (a teacher too weak to rewrite the list: try --revise targeted)",
+        )
+    return _Attempt(rules=_revised(best, reply, round_, max_rules))
 
 
 def _revised(
