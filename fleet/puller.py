@@ -7,6 +7,10 @@ changes except staging, objects and states. A device never ends up without a wor
 classifier: the switch is one ``os.replace`` (``DeviceDir.activate``), and trusted state is
 written after it. Checks are the pure functions of ``signed`` and ``index``, and the steps
 that run them are ``pull_checks``'s; files are ``DeviceDir``'s; priming is ``device_prime``'s.
+
+From an HTTP store the index is read first, and once a pull has completed its ETag or
+Last-Modified is recorded (``sync_state.IndexValidator``); ``if_changed`` sends them back, and a
+304 means only "do nothing this time": nothing is downloaded, verified or changed.
 """
 
 from __future__ import annotations
@@ -28,12 +32,27 @@ from .device_prime import PrimeJob, prime
 from .device_schema import ActiveEntry, Manifest, TrustedState, iso_now
 from .index import utc_now
 from .keys import PublicKey
-from .pull_checks import CheckedPull
+from .pull_checks import MAX_INDEX_BYTES, CheckedPull
 from .pull_faults import pause
 from .pull_result import PullResult, PullTimings, TaskChange, TaskTimings
-from .store import PULL_TIMEOUT_S, REQUEST_TIMEOUT_S, Deadlines, Store
+from .store import PULL_TIMEOUT_S, REQUEST_TIMEOUT_S, Deadlines, Store, Validators
+from .sync_state import IndexValidator, read_validators, write_validators
 
-__all__ = ["pull"]
+__all__ = ["IndexUnchanged", "pull"]
+
+# a recorded validator is trusted for a day at most: then the index is read whole once more, so
+# that a store that wrongly answers 304 (or an ETag reused for new bytes) delays an update by a
+# day at worst, at the cost of one index download a day
+VALIDATOR_MAX_AGE_S = 86400.0
+
+
+class IndexUnchanged(Exception):  # noqa: N818 (not an error: the outcome of a check)
+    """``pull(if_changed=True)``: the store answered 304 Not Modified for the channel's index
+    since the last completed pull, so nothing was downloaded, checked or changed."""
+
+    def __init__(self, channel: str, version: int, deferred: dict[str, str]) -> None:
+        super().__init__(f"the index of channel {channel!r} is unchanged (version {version})")
+        self.channel, self.version, self.deferred = channel, version, deferred
 
 
 def pull(
@@ -50,6 +69,7 @@ def pull(
     pull_timeout: float = PULL_TIMEOUT_S,
     now: dt.datetime | None = None,
     log: Callable[[str], None] | None = None,
+    if_changed: bool = False,
 ) -> PullResult:
     """Update ``device_dir`` to what channel ``channel`` of ``source`` names, or refuse.
 
@@ -70,28 +90,112 @@ def pull(
     Each task's bundle is chosen by ``rollout.choose``: inside a staged rollout's share (by
     the device id in ``D/device-id``, made on the first pull) the index's bundle, outside it
     the index's ``previous`` one.
+
+    ``if_changed`` (the sync agent): ask an HTTP store for the index only if it changed since
+    the last completed pull, when the device is still as that pull left it; on 304 raise
+    ``IndexUnchanged`` having changed nothing. Other stores are read whole, as without it.
     """
     check_name(channel, "channel")
     deadlines = Deadlines(request_timeout, pull_timeout)
     dev, t_start = DeviceDir(device_dir), time.perf_counter()
     store = Store(source, deadlines=deadlines)
+    at = now or utc_now()
+    options = (
+        f"threshold={threshold} model={model or ''} allow_model_mismatch={allow_model_mismatch}"
+    )
     with dev.lock("pull"):
         dev.clean_stale()
         try:
             job = _Pull(dev, store, channel, allow_model_mismatch, model, log, t_start)
+            got = job.read_index(options, at, if_changed=if_changed)
             job.trust(trusted_keys, threshold)
-            job.check_index(now or utc_now())
+            job.check_index(at)
             job.fetch()
             pause("verified")
             job.prime(only_checked=not prime)
             job.activate()
-            return job.result()
+            result = job.result()
+            job.remember(got, options, at)
+            return result
         finally:
             shutil.rmtree(dev.staging, ignore_errors=True)
 
 
 class _Pull(CheckedPull):
-    """One pull's last steps, once every bundle verified: prime and check, switch, report."""
+    """One pull's first read (the index, from an HTTP store) and its last steps, once every
+    bundle verified: prime and check, switch, report, record the index's validators."""
+
+    def read_index(self, options: str, at: dt.datetime, *, if_changed: bool) -> Validators:
+        """Read an HTTP store's index before anything else (``check_index`` verifies these very
+        bytes), only if it changed when ``if_changed`` and a validator is usable; raise
+        ``IndexUnchanged`` on 304. Other stores: nothing here, ``check_index`` reads it."""
+        if not self.store.http:
+            return Validators()
+        rel = f"channels/{self.channel}/index.json"
+        record = self._usable(options, at) if if_changed else None
+        sent = Validators(record.etag, record.last_modified) if record else None
+        with self.clock("fetch"):
+            data, got = self.store.read_if_changed(rel, limit=MAX_INDEX_BYTES, sent=sent)
+        if data is None:
+            assert record is not None  # read_if_changed refuses a 304 to no condition
+            self.say(f"index of channel {self.channel!r}: unchanged (HTTP 304), version "
+                     f"{record.version}; nothing to do")  # fmt: skip
+            raise IndexUnchanged(self.channel, record.version, dict(record.deferred))
+        self.store.keep(rel, data)
+        return got
+
+    def _usable(self, options: str, at: dt.datetime) -> IndexValidator | None:
+        """This channel's recorded validator, if the device is still as the pull that recorded
+        it left it, with the same source and options, the index unexpired and the record
+        younger than ``VALIDATOR_MAX_AGE_S``; otherwise None (read the index whole)."""
+        record = read_validators(self.dev.root).get(self.channel)
+        trusted = self.trusted.channels.get(self.channel) if self.trusted else None
+        if record is None or trusted is None or self.trusted is None:
+            return None
+        same = (
+            record.source == self.store.url
+            and record.options == options
+            and (record.version, record.sha256) == (trusted.version, trusted.sha256)
+            and record.generation == self.generation
+            and record.key_version == self.trusted.keyset.version
+        )
+        try:
+            expires = dt.datetime.fromisoformat(record.expires)
+        except ValueError:
+            return None
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=dt.UTC)
+        fresh = at < expires and at.timestamp() < record.recorded_at + VALIDATOR_MAX_AGE_S
+        return record if same and fresh else None
+
+    def remember(self, got: Validators, options: str, at: dt.datetime) -> None:
+        """After a completed pull: record the validators its index came with (or drop the
+        channel's record when there were none). A failed write costs a full read next time."""
+        if not self.store.http:
+            return
+        records = read_validators(self.dev.root)
+        if got.etag is None and got.last_modified is None:
+            if records.pop(self.channel, None) is None:
+                return
+        else:
+            records[self.channel] = IndexValidator(
+                source=self.store.url,
+                etag=got.etag,
+                last_modified=got.last_modified,
+                version=self.index.version,
+                sha256=self.index_state.sha256,
+                generation=self.dev.current_generation(),
+                key_version=self.keyset.version,
+                options=options,
+                expires=self.index.expires,
+                recorded_at=at.timestamp(),
+                deferred=dict(self.deferred),
+            )
+        try:
+            write_validators(self.dev.root, records)
+        except OSError as exc:
+            self.say(
+                f"note: cannot record the index's validators ({exc}); the next check reads it whole"
+            )
 
     def prime(self, *, only_checked: bool = False) -> None:
         """Prime every new bundle's prefix state into ``D/states`` before the switch, and run

@@ -4,7 +4,9 @@
 A pull activates atomically and a running `pld serve` on the same device directory notices the
 switch on its next poll of ``D/current``, so the agent needs no channel to the server. Run it
 as a loop (``run_agent``, a systemd service) or once per systemd timer tick (``once=True``):
-the state file carries the backoff between runs. Knows the schedule; pulling is ``puller``'s.
+the state file carries the backoff between runs. Each check asks an HTTP store for the index
+only if it changed (``pull(if_changed=True)``): an unchanged one costs one request and no body.
+Knows the schedule; pulling is ``puller``'s.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pld.errors import (
 
 from .keys import PublicKey
 from .pull_result import PullResult
-from .puller import pull
+from .puller import IndexUnchanged, pull
 from .sync_state import SyncError, SyncState, read_sync_state, write_sync_state
 
 __all__ = [
@@ -139,13 +141,18 @@ def sync_once(
     **pull_options: Any,
 ) -> SyncOutcome:
     """Pull once and write ``D/sync.json``; never raises for a failed pull (the state says
-    why, and when the next attempt is due). ``pull_options`` go to ``pull``.
+    why, and when the next attempt is due). ``pull_options`` go to ``pull``. When an HTTP store
+    says the index is unchanged the outcome has neither result nor error, and the state says
+    ``last_result: "unchanged"``.
     """
     before = read_sync_state(device_dir)
     result: PullResult | None = None
     error: BaseException | None = None
+    unchanged: IndexUnchanged | None = None
     try:
-        result = pull(source, device_dir, channel=channel, **pull_options)
+        result = pull(source, device_dir, channel=channel, if_changed=True, **pull_options)
+    except IndexUnchanged as exc:
+        unchanged = exc
     except Exception as exc:  # any failure is recorded; the next attempt is the retry
         error = exc
     now = clock()
@@ -170,8 +177,21 @@ def sync_once(
         ),
         consecutive_failures=failures,
         next_attempt=now + delay,
-        index_version=result.index_version if result else (keep.index_version if keep else None),
-        deferred=dict(result.deferred) if result else (dict(keep.deferred) if keep else {}),
+        index_version=(
+            result.index_version
+            if result
+            else unchanged.version
+            if unchanged
+            else (keep.index_version if keep else None)
+        ),
+        deferred=(
+            dict(result.deferred)
+            if result
+            else unchanged.deferred
+            if unchanged
+            else (dict(keep.deferred) if keep else {})
+        ),
+        last_result="failed" if error else "unchanged" if unchanged else "pulled",
     )
     write_sync_state(device_dir, state)
     return SyncOutcome(

@@ -185,3 +185,120 @@ class LlamaServer:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
+
+
+@dataclass
+class Hit:
+    """One request a ``StoreServer`` answered, and the bytes it sent (status line, headers,
+    body)."""
+
+    method: str
+    path: str
+    status: int = 0
+    sent: int = 0
+    head: int = 0  # of which status line and headers
+    conditional: bool = False
+
+    @property
+    def body(self) -> int:
+        return self.sent - self.head
+
+
+class StoreServer:
+    """A publication directory served over HTTP on 127.0.0.1 by the standard library's file
+    server, with what a real file server adds: a strong ``ETag`` (the file's sha256) and 304 Not
+    Modified for a matching If-None-Match. ``etag=False``: the stock server alone (Last-Modified
+    and If-Modified-Since only). Logs each request with its status and bytes sent.
+
+    ``lie_304``: fault injection no honest server produces on demand: answer 304 for every
+    file, changed or not, asked for conditionally or not (a hostile store or a broken cache).
+    """
+
+    def __init__(self, root: Path, *, etag: bool = True) -> None:
+        import functools
+        import io
+        from http.server import SimpleHTTPRequestHandler
+
+        self.hits: list[Hit] = []
+        self.lie_304 = False
+        store = self
+
+        class Counting(io.RawIOBase):
+            def __init__(self, inner: Any, hit: Hit) -> None:
+                self.inner, self.hit = inner, hit
+
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: Any) -> int:
+                self.hit.sent += len(data)  # before it leaves: what the client has is counted
+                n = self.inner.write(data)
+                return int(n if n is not None else len(data))
+
+            def flush(self) -> None:
+                self.inner.flush()
+
+            def close(self) -> None:
+                if not self.closed:
+                    super().close()  # flushes the inner file first
+                    self.inner.close()
+
+        class Handler(SimpleHTTPRequestHandler):
+            def parse_request(self) -> bool:
+                # one request per connection (HTTP/1.0): this hit gets every byte written
+                self.hit = Hit("", "")
+                self.wfile = Counting(self.wfile, self.hit)  # type: ignore[assignment]
+                store.hits.append(self.hit)
+                ok = super().parse_request()
+                self.hit.method, self.hit.path = self.command or "", self.path or ""
+                self.hit.conditional = ok and any(
+                    h in self.headers for h in ("If-None-Match", "If-Modified-Since")
+                )
+                return ok
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.hit.status = code
+                super().send_response(code, message)
+
+            def end_headers(self) -> None:
+                super().end_headers()  # flushes them
+                self.hit.head = self.hit.sent
+
+            def send_head(self) -> Any:
+                path = Path(self.translate_path(self.path))
+                if not etag or not path.is_file():
+                    return super().send_head()
+                data = path.read_bytes()
+                tag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+                asked = self.headers.get("If-None-Match")
+                if store.lie_304 or (asked is not None and tag in asked.split(", ")):
+                    self.send_response(304)
+                    self.send_header("ETag", tag)
+                    self.end_headers()
+                    return None
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", tag)
+                self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+                self.end_headers()
+                return io.BytesIO(data)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def take(self) -> list[Hit]:
+        """The requests since the last call."""
+        out, self.hits = self.hits, []
+        return out
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
