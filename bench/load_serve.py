@@ -100,6 +100,7 @@ def run_load(
     batches: Sequence[int] = BATCHES,
     seed: int = 0,
     pull_nice: int = 19,
+    server_output: bool = False,
     log: Callable[[str], None] = log_stderr,
 ) -> dict[str, Any]:
     """The load test; returns the JSON-able result (fields: see bench/RESULTS.md).
@@ -108,6 +109,7 @@ def run_load(
     sent after the new versions are visible before the rollback starts, and as many sent after
     the rollback is visible before the clients stop; the clients keep sending while each switch
     is under way, so a slow pull adds requests rather than leaving a phase empty.
+    ``server_output`` streams `pld serve`'s stdout and stderr onto stderr as they come.
     """
     third = max(1, requests // 3)
     with tempfile.TemporaryDirectory(prefix="pld-load-") as tmp:
@@ -121,7 +123,7 @@ def run_load(
             "--device-dir", str(device.dev), "--poll", "0.2", "--batch-size", str(max_batch),
             "--batch-window-ms", str(batch_window_ms), "--max-queue", "1024",
             "--threads", str(threads),
-            log_dir=root,
+            log_dir=root, echo=server_output,
         )  # fmt: skip
         log(f"server ready in {server.ready_s:.1f} s; {clients} clients")
         nth = request_stream(TASKS, batches, seed)
@@ -151,6 +153,8 @@ def run_load(
         finally:
             rc = server.stop()
         log(f"{len(answers)} answered in {wall:.1f} s; server exited {rc}")
+        if rc != 0 and not server_output:
+            log(server.tail().lstrip("\n"))  # its log goes with the temporary directory
         bad = (
             [a for a in answers if a.status == 200 and not valid_version(a, marks)] if swap else []
         )
@@ -214,6 +218,14 @@ def load(
     pull_nice: Annotated[
         int, typer.Option(min=0, max=19, help="`pld device pull --nice` (19: its default).")
     ] = 19,
+    server_output: Annotated[
+        bool,
+        typer.Option(
+            "--server-output",
+            help="Stream `pld serve`'s stdout and stderr to this terminal's stderr as they come "
+            "(without it, they are shown only if the server fails: its last 40 lines).",
+        ),
+    ] = False,
 ) -> None:
     """K clients, N requests, a pull and a rollback in the middle; a table, then one JSON line."""
     result = run_load(
@@ -221,6 +233,7 @@ def load(
         max_batch=batch_size_of(batch_size, max_batch),
         batch_window_ms=batch_window_ms, compare=compare, threads=threads,
         batches=parse_sizes(batches), seed=seed, pull_nice=pull_nice,
+        server_output=server_output,
     )  # fmt: skip
     _print(result)
 

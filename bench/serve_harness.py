@@ -1,22 +1,25 @@
 """The harness of the server's benchmarks (``load_serve.py``, ``serve_costs.py``): a device
 directory that pulled a signed publication of the shipped tasks, `pld serve` started on a free
-port, and client threads sending a reproducible stream of requests. Measures nothing itself;
-runs `pld` as a user types it, on 127.0.0.1 only.
+port (its output kept, and shown when it fails to start), and client threads sending a
+reproducible stream of requests. Measures nothing itself; runs `pld` as a user types it, on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated
+from typing import IO, Annotated
 
 import httpx
 import msgspec
@@ -38,6 +41,7 @@ __all__ = [
     "Device",
     "Request",
     "Server",
+    "ServerError",
     "ThreadsOpt",
     "log_stderr",
     "parse_sizes",
@@ -116,30 +120,100 @@ class Device:
         return self._run("rollback", "--device-dir", str(self.dev))
 
 
-class Server:
-    """`pld serve ARGS` on a free port; ``ready_s``: process start to /readyz 200."""
+class ServerError(SystemExit):
+    """`pld serve` exited or was not ready in time; the message ends with its last output,
+    ``log`` is where all of its stderr is."""
 
-    def __init__(self, *args: str, log_dir: Path) -> None:
+    def __init__(self, message: str, log: Path) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+TAIL_LINES = 40
+
+
+class Server:
+    """`pld serve ARGS` on a free port; ``ready_s``: process start to /readyz 200.
+
+    Its stderr (its log, and why it failed) is kept in ``log``: the path given, else
+    ``serve-PORT.log`` in ``log_dir``, else a temporary file that is left for reading; its
+    stdout (the summary it prints on exit) beside it in ``out`` (suffix ``.out``). With
+    ``echo``, both are also copied to this process's stderr as they come. If it exits before
+    /readyz answers 200, or is not ready in ``ready_timeout`` s, ``ServerError`` shows the last
+    40 lines of its output.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        log: Path | None = None,
+        log_dir: Path | None = None,
+        echo: bool = False,
+        ready_timeout: float = 1800.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.err = log_dir / f"serve-{self.port}.err"
+        if log is None and log_dir is not None:
+            log = log_dir / f"serve-{self.port}.log"
+        elif log is None:
+            fd, name = tempfile.mkstemp(prefix=f"pld-serve-{self.port}-", suffix=".log")
+            os.close(fd)
+            log = Path(name)
+        self.log = log
+        self.out = self.log.with_suffix(".out")
+        self._copiers: list[threading.Thread] = []
+        cmd = [pld_path(), "serve", "--port", str(self.port), *args]
         t0 = time.perf_counter()
-        with self.err.open("w") as err:
-            self.proc = subprocess.Popen(
-                [pld_path(), "serve", "--port", str(self.port), *args],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+        if echo:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for pipe, path in ((self.proc.stdout, self.out), (self.proc.stderr, self.log)):
+                assert pipe is not None
+                copier = threading.Thread(target=_copy, args=(pipe, path), daemon=True)
+                copier.start()
+                self._copiers.append(copier)
+        else:
+            with self.out.open("wb") as out, self.log.open("wb") as err:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        try:
+            self._wait_ready(t0 + ready_timeout, ready_timeout)
+        except BaseException:
+            self._kill()
+            raise
+        self.ready_s = time.perf_counter() - t0
+
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
         while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"pld serve exited: {self.err.read_text()}")
+            if (rc := self.proc.poll()) is not None:
+                raise ServerError(
+                    f"pld serve exited ({rc}) before it was ready{self.tail()}", self.log
+                )
+            if time.perf_counter() > deadline:
+                self._kill()
+                msg = f"pld serve was not ready after {timeout:g} s{self.tail()}"
+                raise ServerError(msg, self.log)
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        self.ready_s = time.perf_counter() - t0
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        """The last ``lines`` lines of its stderr (and of its stdout, where it wrote any), each
+        under a line naming the file; for error messages."""
+        if self.proc.poll() is not None:
+            for copier in self._copiers:  # the pipes close with the process: take it all
+                copier.join(5)
+        text = ""
+        for name, path in (("stderr", self.log), ("stdout", self.out)):
+            try:
+                kept = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                kept = [f"(unreadable: {exc})"]
+            if kept or name == "stderr":
+                body = "\n".join(kept) if kept else "(empty)"
+                text += f"\n--- pld serve's {name}, last {lines} lines ({path}):\n{body}"
+        return text
 
     def versions(self) -> dict[str, str]:
         tasks = httpx.get(f"{self.url}/v1/tasks", timeout=30).json()["tasks"]
@@ -150,7 +224,7 @@ class Server:
         deadline = time.perf_counter() + timeout
         while set(self.versions().values()) != {version}:
             if time.perf_counter() > deadline:
-                raise SystemExit(f"the server did not switch to {version}: {self.err.read_text()}")
+                raise ServerError(f"the server did not switch to {version}{self.tail()}", self.log)
             time.sleep(0.02)
         return time.perf_counter()
 
@@ -167,14 +241,31 @@ class Server:
         return peak_rss_mb(self.proc.pid) or 0.0
 
     def stop(self) -> int:
-        """SIGTERM (drain, exit); killed if it has not exited after 300 s."""
+        """SIGTERM (drain, exit); killed if it has not exited after 300 s. Its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(300)
+            rc = self.proc.wait(300)
         except subprocess.TimeoutExpired:
+            rc = self._kill()
+        for copier in self._copiers:
+            copier.join(5)
+        return rc
+
+    def _kill(self) -> int:
+        if self.proc.poll() is None:
             self.proc.kill()
-            return self.proc.wait()
+        return self.proc.wait()
+
+
+def _copy(pipe: IO[bytes], path: Path) -> None:
+    """A child's output, line by line, into ``path`` and onto this process's stderr."""
+    with pipe, path.open("wb") as kept:
+        for line in iter(pipe.readline, b""):
+            kept.write(line)
+            kept.flush()
+            sys.stderr.write(line.decode(errors="replace"))
+            sys.stderr.flush()
 
 
 # ---- clients ------------------------------------------------------------------------------------

@@ -7,9 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pld.runtime import Model
 
 # Nothing in the tests may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -70,3 +75,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep prefix states and hashes in a per-run directory; reuse the assembled default model."""
     if "PLD_CACHE_DIR" not in os.environ:
         os.environ["PLD_CACHE_DIR"] = str(tmp_path_factory.mktemp("pld-cache"))
+
+
+@pytest.fixture(scope="session")
+def gemma() -> Iterator[Model]:
+    """The default student, Gemma-3 270M, loaded once for the session: pass it as ``model=`` to
+    ``Classifier.open`` or ``evaluate``, which leave it open. Safe to share: the weights are
+    read-only and each classifier has its own context; a test must not close it."""
+    from pld.runtime import Model
+
+    with Model.open("gemma-3-270m") as model:
+        yield model

@@ -24,6 +24,7 @@ from pld.runtime import (
     Classifier,
     ClassifierOptions,
     Instruction,
+    Model,
     Student,
     load_bundle,
     render_audit,
@@ -94,11 +95,11 @@ def _long_bundle() -> Bundle:
     ids=["short", "past-the-window"],
 )
 def test_reprime_equals_priming_from_scratch(
-    make: Callable[[], Bundle], removals: tuple[list[int], ...]
+    make: Callable[[], Bundle], removals: tuple[list[int], ...], gemma: Model
 ) -> None:
     b = make()
     texts = [r["text"] for r in records("stereoset", n=6)]
-    with Classifier.open(b, AUDIT_OPTS) as clf:
+    with Classifier.open(b, AUDIT_OPTS, model=gemma) as clf:
         assert not clf.engine.windowed
         full = len(clf.prefix_tokens)
         if make is _long_bundle:
@@ -108,7 +109,7 @@ def test_reprime_equals_priming_from_scratch(
             n = clf.reprime(prompt)
             assert 0 < n < len(clf.prefix_tokens)
             got = clf.classify_many(texts)
-            with Classifier.open(b, AUDIT_OPTS, system_prompt=prompt) as fresh:
+            with Classifier.open(b, AUDIT_OPTS, model=gemma, system_prompt=prompt) as fresh:
                 assert fresh.prefix_tokens == clf.prefix_tokens
                 want = fresh.classify_many(texts)
             worst = max(abs(g.probs[k] - w.probs[k]) for g, w in zip(got, want) for k in g.probs)
@@ -119,8 +120,8 @@ def test_reprime_equals_priming_from_scratch(
 
 
 @pytest.mark.model
-def test_reprime_is_refused_on_the_windowed_cache() -> None:
-    with Classifier.open(_bundle(), OPTS, prefix_cache=False, calibrate=False) as clf:
+def test_reprime_is_refused_on_the_windowed_cache(gemma: Model) -> None:
+    with Classifier.open(_bundle(), OPTS, model=gemma, prefix_cache=False, calibrate=False) as clf:
         assert clf.engine.windowed
         with pytest.raises(ConfigError, match="full-size sliding-window cache"):
             clf.reprime(_without(clf.bundle, [4]))
@@ -129,14 +130,14 @@ def test_reprime_is_refused_on_the_windowed_cache() -> None:
 @pytest.mark.model
 @pytest.mark.slow
 def test_audit_equals_leave_one_out_with_separate_classifiers(
-    result: ablation.AuditResult,
+    result: ablation.AuditResult, gemma: Model
 ) -> None:
     b = _bundle()
     texts = [r["text"] for r in records("stereoset", n=N)]
     gold = [r["label"] for r in records("stereoset", n=N)]
 
     def run(prompt: str) -> list[str]:
-        with Classifier.open(b, AUDIT_OPTS, system_prompt=prompt) as clf:
+        with Classifier.open(b, AUDIT_OPTS, model=gemma, system_prompt=prompt) as clf:
             return [p.label for p in clf.classify_many(texts)]
 
     base = run(b.system_prompt)

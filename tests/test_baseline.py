@@ -19,6 +19,7 @@ from pld.runtime import (
     Classifier,
     Instruction,
     Label,
+    Model,
     Task,
     load_bundle,
     resolve_bundle_path,
@@ -233,14 +234,14 @@ def test_zero_shot_of_a_ruled_bundle_is_the_rule_free_task(ruled: Path) -> None:
 
 
 @pytest.mark.model
-def test_zero_shot_predictions_are_the_rule_free_ones(ruled: Path) -> None:
+def test_zero_shot_predictions_are_the_rule_free_ones(ruled: Path, gemma: Model) -> None:
     bundle = load_bundle(ruled)
     texts = [r["text"] for r in records("stereoset", n=6)]
     zero = baseline_prompt(bundle, parse_baseline("zero-shot"))
     with (
-        Classifier.open(bundle) as own,
-        Classifier.open(bundle, system_prompt=zero) as base,
-        Classifier.open("stereoset") as rule_free,
+        Classifier.open(bundle, model=gemma) as own,
+        Classifier.open(bundle, model=gemma, system_prompt=zero) as base,
+        Classifier.open("stereoset", model=gemma) as rule_free,
     ):
         assert base.prefix_tokens == rule_free.prefix_tokens
         assert len(own.prefix_tokens) > len(base.prefix_tokens)
@@ -255,7 +256,7 @@ def test_zero_shot_predictions_are_the_rule_free_ones(ruled: Path) -> None:
 
 
 @pytest.mark.model
-def test_few_shot_runs_its_own_prefix(tmp_path: Path) -> None:
+def test_few_shot_runs_its_own_prefix(tmp_path: Path, gemma: Model) -> None:
     train = _jsonl(tmp_path / "train.jsonl", records("stereoset", "train", 60))
     res = _eval("--baseline", "few-shot:3", "--train", str(train), "--seed", "1")
     assert res["baseline"] == "few-shot:3" and res["n"] == 6
@@ -263,7 +264,10 @@ def test_few_shot_runs_its_own_prefix(tmp_path: Path) -> None:
     assert f"baseline few-shot:3 (train {train}, seed 1)" in res["_table"]
     bundle = load_bundle(resolve_bundle_path("stereoset"))
     few = baseline_prompt(bundle, parse_baseline("few-shot:3"), train=train, seed=1)
-    with Classifier.open(bundle) as own, Classifier.open(bundle, system_prompt=few) as base:
+    with (
+        Classifier.open(bundle, model=gemma) as own,
+        Classifier.open(bundle, model=gemma, system_prompt=few) as base,
+    ):
         # the prefix-state cache is keyed by the prefix tokens: the few-shot prompt gets its own
         assert len(base.prefix_tokens) > len(own.prefix_tokens)
         assert base._state_key() != own._state_key()

@@ -14,6 +14,7 @@ from pld.models import resolve
 from pld.runtime import (
     Classifier,
     ClassifierOptions,
+    Model,
     apply_prior,
     calibration_applies,
     choose_calibration,
@@ -137,7 +138,9 @@ def test_the_fitted_calibration_competes_with_its_cross_validated_score() -> Non
 
 
 @pytest.mark.model
-def test_a_bundle_with_a_fitted_prior_divides_it_out_fresh_and_restored(tmp_path) -> None:
+def test_a_bundle_with_a_fitted_prior_divides_it_out_fresh_and_restored(
+    tmp_path, gemma: Model
+) -> None:
     import msgspec
 
     from pld.runtime import RuntimeSettings, save_bundle
@@ -152,20 +155,20 @@ def test_a_bundle_with_a_fitted_prior_divides_it_out_fresh_and_restored(tmp_path
         "Target: nurse\nContext: The nurse was BLANK.\nSentence: The nurse was caring.",
         "Target: chess player\nContext: The chess player was BLANK.\nSentence: The chess player was hispanic.",
     ]
-    with Classifier.open(path, prefix_cache=False, calibrate=False) as raw:
+    with Classifier.open(path, model=gemma, prefix_cache=False, calibrate=False) as raw:
         want = apply_prior(
             np.array([[p.probs[x] for x in raw.labels] for p in map(raw.classify, texts)]),
             np.array(prior),
         )
     for _ in range(2):  # primed and saved, then restored from the saved state
-        with Classifier.open(path, state_dir=tmp_path / "states") as clf:
+        with Classifier.open(path, model=gemma, state_dir=tmp_path / "states") as clf:
             assert clf.calibrated
             got = np.array([[p.probs[x] for x in clf.labels] for p in clf.classify_many(texts)])
             assert np.allclose(got, want, atol=1e-9)
             cf = clf.content_free_prior()  # still the content-free prior, for deciding
             assert not np.allclose(cf, prior)
     # the prior was fitted for the bundle's prompt: another prompt runs uncalibrated
-    with Classifier.open(path, prefix_cache=False, system_prompt="Answer.") as other:
+    with Classifier.open(path, model=gemma, prefix_cache=False, system_prompt="Answer.") as other:
         assert not other.calibrated and "fitted for its own prompt" in (
             other.calibration_note or ""
         )

@@ -21,6 +21,7 @@ from pld.runtime import (
     Bundle,
     ClassifierOptions,
     Instruction,
+    Model,
     load_bundle,
     resolve_bundle_path,
     save_bundle,
@@ -99,12 +100,12 @@ def _close(a: float, b: float) -> bool:
 @pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.parametrize("system", ["none", "zero-shot"])
-def test_numbers_agree_with_evaluate(run: dict[str, Any], system: str) -> None:
+def test_numbers_agree_with_evaluate(run: dict[str, Any], system: str, gemma: Model) -> None:
     report = json.loads((run["tmp"] / "report-stereoset-ruled-slice.json").read_text())
     got = report["systems"][0 if system == "none" else 1]
     opts = ClassifierOptions(n_threads=1)  # as the run: one thread copes best with a busy CPU
     want: EvalResult = evaluate(
-        run["bundle_path"], run["data"], opts, baseline=system, progress=False
+        run["bundle_path"], run["data"], opts, model=gemma, baseline=system, progress=False
     )
     assert got["n"] == want.n == 8
     assert _close(got["accuracy"], want.accuracy)

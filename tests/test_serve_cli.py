@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import tempfile
 from importlib.machinery import ModuleSpec
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -78,3 +80,28 @@ def test_batch_size_has_one_name_and_its_old_one_still_works(flag: str) -> None:
     assert "--batch-size is 0" in str(result.exception)
     help_text = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     assert "--batch-size" in help_text and "--max-batch" not in help_text
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["kept", "echoed"])
+def test_the_harness_shows_why_the_real_pld_serve_did_not_start(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], echo: bool
+) -> None:
+    """The bench's server harness starts `pld serve` as a user types it; one that refuses its
+    arguments (before any model loads) exits, and the harness's error carries its own words."""
+    from pld.bench.serve_harness import Server, ServerError
+
+    missing = tmp_path / "missing.pld.json"
+    log = tmp_path / "serve.log" if not echo else None  # echoed: kept in a temporary file
+    with pytest.raises(ServerError) as raised:
+        Server("--bundle", str(missing), log=log, echo=echo, ready_timeout=60)
+    said = f"error: no bundle file '{missing}'"
+    message = str(raised.value)
+    assert "pld serve exited (2) before it was ready" in message and said in message, message
+    kept = raised.value.log
+    assert f"stderr, last 40 lines ({kept})" in message
+    assert kept == log if log else kept.parent == Path(tempfile.gettempdir())
+    assert said in kept.read_text()
+    assert (said in capfd.readouterr().err) == echo  # streamed to the terminal only when asked
+    if not log:
+        kept.unlink()
+        kept.with_suffix(".out").unlink()
