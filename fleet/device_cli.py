@@ -199,6 +199,8 @@ def sync_cmd(
         if outcome.error is not None:
             _log(f"sync failed ({st.last_error.reason if st.last_error else '?'}): "
                  f"{outcome.error}")  # fmt: skip
+        elif st.last_result == "unchanged":
+            _log("index unchanged (the store answered 304): nothing downloaded")
         elif outcome.result is not None:
             r = outcome.result
             for c in r.changed:
@@ -278,8 +280,9 @@ def status_cmd(device_dir: DeviceDirRequiredOpt) -> None:
         err = sync.last_error
         typer.echo(
             f"sync from {sync.source} (channel {sync.channel}, every {sync.every_s:g} s): last "
-            f"check {_stamp(sync.last_check)}, last success {_stamp(sync.last_success)}, next "
-            f"attempt {_stamp(sync.next_attempt)}"
+            f"check {_stamp(sync.last_check)}"
+            + (f" ({sync.last_result})" if sync.last_result else "")
+            + f", last success {_stamp(sync.last_success)}, next attempt {_stamp(sync.next_attempt)}"
         )
         if err is not None:
             typer.echo(

@@ -21,7 +21,9 @@ import fsspec
 import msgspec
 import pytest
 from servers import StoreServer
+from typer.testing import CliRunner
 
+from pld.cli import app
 from pld.fleet import status
 from pld.fleet.device import DeviceDir
 from pld.fleet.keys import SigningKey
@@ -116,6 +118,8 @@ def test_unchanged_index_answers_304_then_a_publication_is_downloaded(
         assert st.last_success == st.last_check
         assert out.result is None and out.error is None
     assert (d / "trusted.json").read_bytes() == trusted and version(d) == "0.1.0"
+    shown = CliRunner().invoke(app, ["device", "status", "--device-dir", str(d)])
+    assert shown.exit_code == 0 and " (unchanged), last success " in shown.output, shown.output
 
     # a publication whose bundle is not there yet: the pull fails, nothing is recorded, so the
     # next check asks again (with the old validator) and gets the new index, not a 304
