@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import importlib.metadata
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -26,11 +27,20 @@ from pld.proc import free_port, peak_rss_mb
 from .chat import first_token_label, label_grammar, match_label, user_message
 from .worker_protocol import Reply, SlotReply
 
-__all__ = ["N_PROBS", "LlamaServer", "ServerConfig", "default_server_bin", "read_first_token"]
+__all__ = ["LABEL_BIAS", "LlamaServer", "ServerConfig", "default_server_bin", "read_first_token"]
 
-# top tokens /completion returns: the labels' first tokens are among them whenever the model
-# answers with a label at all (a reply without any counts as no label)
-N_PROBS = 32
+# How the first-token contender gets every label's score from /completion. Its pre-sampling
+# top ``n_probs`` are the model's own ranking, and a base model often ranks words like "You"
+# first with no label among the top 32 (issue 17: no label on any Contract-NLI input); covering
+# the labels that way needs n_probs near the vocabulary (262,144 for Gemma-3) in every reply.
+# Instead the request adds LABEL_BIAS to each label's first token and samples with top_k alone,
+# k = the number of labels: the labels are then the only candidates, and the post-sampling
+# probabilities are the softmax over their own logits (an equal bias cancels), which is pld's
+# rule. 100 lifts them over every other token (Gemma-3 270M's logits span about -21 to 14 on
+# the Stereoset and Contract-NLI fixtures, the labels at most 14 below the top) and rounds a
+# float32 logit by under 1e-5. Were a label still left out, every label kept outscores it, so
+# the best one kept is the best of all.
+LABEL_BIAS = 100.0
 
 
 def default_server_bin(gpu: bool = False) -> Path:
@@ -40,18 +50,18 @@ def default_server_bin(gpu: bool = False) -> Path:
     return cache_dir() / "llama-server" / f"{version}-{flavour}" / "llama-server"
 
 
-class _TopLogprob(msgspec.Struct, frozen=True):
+class _TopProb(msgspec.Struct, frozen=True):
     id: int
-    logprob: float
+    prob: float
 
 
 class _TokenProbs(msgspec.Struct, frozen=True):
     token: str
-    top_logprobs: list[_TopLogprob]
+    top_probs: list[_TopProb]
 
 
 class _CompletionReply(msgspec.Struct, frozen=True):
-    """The fields of a /completion reply that are read (pre-sampling log-probabilities)."""
+    """The fields of a /completion reply that are read (post-sampling probabilities)."""
 
     tokens_evaluated: int
     tokens_predicted: int
@@ -60,14 +70,14 @@ class _CompletionReply(msgspec.Struct, frozen=True):
 
 
 def read_first_token(out: Any, labels: list[str], first_tokens: list[int], ms: float) -> Reply:
-    """A ``Reply`` from llama-server's ``/completion`` reply with ``n_probs``: the label whose
-    first token has the highest log-probability among the first generated token's top ones."""
+    """A ``Reply`` from llama-server's ``/completion`` reply with ``post_sampling_probs``: the
+    label whose first token has the highest probability among the first token's candidates."""
     try:
         reply = msgspec.convert(out, _CompletionReply)
         (first,) = reply.completion_probabilities[:1]
     except (msgspec.ValidationError, ValueError) as exc:
         raise PldError(f"llama-server's /completion reply is not understood: {exc}") from None
-    scores = {p.id: p.logprob for p in first.top_logprobs}
+    scores = {p.id: math.log(p.prob) for p in first.top_probs if p.prob > 0}
     t = reply.timings
     return Reply(
         ms=ms,
@@ -207,14 +217,18 @@ class LlamaServer:
         )
 
     def first_token(self, prompt: str, labels: list[str], first_tokens: list[int]) -> Reply:
-        """One token after the rendered ``prompt`` through ``/completion``, with the top
-        pre-sampling log-probabilities; the label is the best-scoring first token."""
+        """One token after the rendered ``prompt`` through ``/completion``, sampled among the
+        labels' first tokens only (see LABEL_BIAS), with their probabilities; the label is the
+        best-scoring one (the sampled token, seeded, is only reported)."""
         body = {
             "prompt": prompt,
             "n_predict": 1,
-            "n_probs": N_PROBS,
-            "post_sampling_probs": False,
-            "temperature": 0.0,
+            "logit_bias": [[tok, LABEL_BIAS] for tok in first_tokens],
+            "samplers": ["top_k"],
+            "top_k": len(first_tokens),
+            "n_probs": len(first_tokens),
+            "post_sampling_probs": True,
+            "seed": 0,
             "cache_prompt": True,
         }
         status, out, ms = self._call("POST", "/completion", body)

@@ -30,7 +30,7 @@ from pld.bench.compare import CONTENDERS, LOGPROBS, SERVERS, default_server_bin,
 from pld.bench.compare_summary import Tally, format_compare, summarize
 from pld.bench.compare_types import CompareResult, RequestRecord
 from pld.bench.contenders import LogprobsContender, PldContender
-from pld.bench.llama_server import N_PROBS, ServerConfig, read_first_token
+from pld.bench.llama_server import LABEL_BIAS, ServerConfig, read_first_token
 from pld.bench.worker_protocol import Reply, SlotReply, WorkerSpec
 from pld.cli import app
 from pld.errors import ConfigError, DataError, PldError
@@ -90,35 +90,42 @@ def test_llama_server_command_line_and_slot_reply() -> None:
     assert slot.n_restored == 180 and slot.timings["restore_ms"] == 3.5
 
 
-def _top(tok: int, text: str, logprob: float) -> dict[str, Any]:
-    return {"id": tok, "token": text, "bytes": list(text.encode()), "logprob": logprob}
+def _top(tok: int, text: str, prob: float) -> dict[str, Any]:
+    return {"id": tok, "token": text, "bytes": list(text.encode()), "prob": prob}
 
 
 def test_llama_server_completion_reply_gives_the_label_of_the_best_first_token() -> None:
     labels, firsts = ["entailment", "contradiction", "not_mentioned"], [533, 226770, 2217]
-    # /completion with n_probs and post_sampling_probs false, as llama.cpp's server answers it
-    # (server-task.cpp: probs_vector_to_json; server-common.cpp: the slot's timings)
+    # /completion with the labels' first tokens biased by LABEL_BIAS, top_k 3 and
+    # post_sampling_probs, as llama.cpp's server answers it (server-task.cpp:
+    # probs_vector_to_json; server-common.cpp: the slot's timings); the sampled token is "ent"
     reply = {
-        "index": 0, "content": "You", "tokens": [], "id_slot": 0, "stop": True,
+        "index": 0, "content": "ent", "tokens": [], "id_slot": 0, "stop": True,
         "model": "gemma", "tokens_predicted": 1, "tokens_evaluated": 606,
-        "generation_settings": {"n_probs": N_PROBS}, "prompt": "...", "has_new_line": False,
-        "truncated": False, "stop_type": "limit", "stopping_word": "", "tokens_cached": 606,
+        "generation_settings": {"n_probs": 3, "logit_bias": [[533, LABEL_BIAS]]},
+        "prompt": "...", "has_new_line": False, "truncated": False, "stop_type": "limit",
+        "stopping_word": "", "tokens_cached": 606,
         "timings": {"cache_n": 595, "prompt_n": 11, "prompt_ms": 40.5,
                     "prompt_per_token_ms": 3.7, "prompt_per_second": 271.6, "predicted_n": 1,
                     "predicted_ms": 0.1, "predicted_per_token_ms": 0.1,
                     "predicted_per_second": 10000.0},
         "completion_probabilities": [{
-            **_top(3048, "You", -0.9),
-            "top_logprobs": [_top(3048, "You", -0.9), _top(2217, "not", -1.2),
-                             _top(533, "ent", -4.4), _top(138, "\n", -5.0)],
+            **_top(533, "ent", 0.3),
+            "top_probs": [_top(2217, "not", 0.6), _top(533, "ent", 0.3),
+                          _top(226770, "contr", 0.1)],
         }],
     }  # fmt: skip
     r = read_first_token(reply, labels, firsts, ms=42.0)
-    assert r.labels == ["not_mentioned"] and r.texts == ["You"] and r.ms == 42.0
+    assert r.labels == ["not_mentioned"] and r.texts == ["ent"] and r.ms == 42.0
     assert r.prompt_tokens == [606] and r.completion_tokens == 1
     assert (r.evaluated, r.cache_n, r.server_prompt_ms) == (11, 595, 40.5)
-    # no label's first token among the top ones: no label, counted as such
-    only_you = {**reply["completion_probabilities"][0], "top_logprobs": [_top(3048, "You", -0.9)]}
+    # a label left out (or given probability 0) is outscored by every one kept
+    kept = {**reply["completion_probabilities"][0],
+            "top_probs": [_top(533, "ent", 0.7), _top(3048, "You", 0.3),
+                          _top(2217, "not", 0.0)]}  # fmt: skip
+    assert read_first_token({**reply, "completion_probabilities": [kept]}, labels, firsts,
+                            ms=1.0).labels == ["entailment"]  # fmt: skip
+    only_you = {**kept, "top_probs": [_top(3048, "You", 1.0)]}
     assert read_first_token({**reply, "completion_probabilities": [only_you]}, labels, firsts,
                             ms=1.0).labels == [None]  # fmt: skip
     with pytest.raises(PldError, match="not understood"):
@@ -291,11 +298,10 @@ def test_llama_server_contenders_report_what_the_server_evaluated(tmp_path: Path
         for r in full["per_request"][name]:
             assert r["prompt_tokens"] == pld_prompt[r["input"]]  # the same prompt as pld's
             assert r["evaluated"] + r["cache_n"] == r["prompt_tokens"]  # its own timings
-            if name in LOGPROBS:  # one token; the label from its top log-probabilities, or
-                # none when no label's first token is among the top N_PROBS: Gemma-3 270M base
-                # often ranks words like "Answer" first and the labels below 32 (pld scores
-                # the labels themselves, so it always has one)
-                assert r["completion_tokens"] == 1 and r["label"] in [*labels, None]
+            if name in LOGPROBS:  # one token, sampled among the labels' first tokens only:
+                # the label from their probabilities, always one (Gemma-3 270M base ranks words
+                # like "You" first, which the first run without the bias met)
+                assert r["completion_tokens"] == 1 and r["label"] in labels
             else:
                 assert r["label"] == match_label(r["text"], labels) is not None
         assert c["peak_rss_mb"] > 0
