@@ -207,6 +207,11 @@ def refine(
                             show_progress=show)  # fmt: skip
     say(f"dev Macro-F1: zero-shot {zero.macro_f1:.3f} ({zero.calibration} calibration), "
         f"consolidated rules {first.macro_f1:.3f} ({first.calibration})")  # fmt: skip
+    if s.revise == "targeted" and s.max_rounds and first.macro_f1 < zero.macro_f1:
+        # adding rules one at a time to a list that is worse than none polishes the wrong start
+        say(f"the consolidated rules score below zero-shot on dev: the targeted loop starts from "
+            f"no rules and keeps the {len(instructions)} consolidated ones out")  # fmt: skip
+        instructions, first = [], zero
     final, final_score, rounds = conflict_loop(
         synthesis, runner, task, instructions, data.loop, data.dev, dev_score=first,
         max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,

@@ -49,18 +49,23 @@ def targeted_rule(
     show_progress: bool,
     label: str,
 ) -> str | None:
-    """One rule leading to the confusion's correct label, or None when every repair failed
-    or the rule repeats one already in the list."""
+    """One rule leading to the confusion's correct label, or None when every repair failed. A
+    reply that copies a rule of the list (what a 1.5B teacher does first) is sent back."""
     gold, answered = confusion
     failures = [ex for ex, p in wrong if (ex.label, p) == confusion][:max_failures]
     contrasts = [ex for ex, p in right if p == answered][:max_contrasts]
     names = [x.name for x in task.labels]
+
+    listed = {" ".join(x.text.split()).lower(): i for i, x in enumerate(rules, 1)}
 
     def check(reply: Consolidated) -> str | None:
         if len(reply.instruction.split()) < 4:
             return "the rule is too short; write one or two full sentences"
         if answer_of(reply.instruction, names) != gold:
             return f'the rule must lead to "{gold}": end it with "answer {gold}."'
+        if (i := listed.get(" ".join(reply.instruction.split()).lower())) is not None:
+            return (f"that is rule {i}, which the student already follows and still answers "
+                    f'"{answered}" for these inputs; write a new condition that rule {i} does not state')  # fmt: skip
         return None
 
     listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(rules, 1)) or "(no rules yet)"
@@ -72,10 +77,7 @@ def targeted_rule(
         synthesis, [conversation], Consolidated, label=label, max_tokens=256,
         max_repairs=max_repairs, check=check, stats=stats, show_progress=show_progress,
     )  # fmt: skip
-    if reply is None:
-        return None
-    text = " ".join(reply.instruction.split())
-    return None if any(" ".join(x.text.split()) == text for x in rules) else text
+    return None if reply is None else " ".join(reply.instruction.split())
 
 
 def _inputs(examples: Sequence[Example], max_chars: int) -> str:

@@ -207,6 +207,51 @@ def test_malformed_replies_are_repaired_or_counted(tmp_path: Path) -> None:
         server.httpd.server_close()
 
 
+def test_a_targeted_rule_that_copies_a_listed_rule_is_sent_back(tmp_path: Path) -> None:
+    """A 1.5B teacher's first answer to the targeted prompt is one of the listed rules, word
+    for word (seen in a real run); the scripted server replays that, then a new rule."""
+    from pld.distiller.targeted import confusions, targeted_rule
+
+    server = ScriptedServer()
+    server.thread.start()
+    rules = [Instruction(id="r1", text="If the review praises the product, answer pos."),
+             Instruction(id="r2", text="If the review complains, answer neg.")]  # fmt: skip
+    new = "If the review praises one part but says it broke, answer neg."
+    server.push(
+        Reply(200, chat_body(json.dumps({"instruction": "If the review  complains, answer neg."}))),
+        Reply(200, chat_body(json.dumps({"instruction": new}))),
+    )
+    wrong = [
+        (Example(id=f"w{i}", text=f"great but broke {i}", label="neg"), "pos") for i in range(3)
+    ]
+    wrong.append((Example(id="x", text="awful, loved it", label="pos"), "neg"))
+    right = [(Example(id="p", text="great", label="pos"), "pos")]
+    assert confusions(wrong, ["pos", "neg"]) == [("neg", "pos"), ("pos", "neg")]
+    try:
+        with OpenAITeacher(
+            "scripted", server.url, cache=ResponseCache(tmp_path / "c"), backoff=0.01
+        ) as t:
+            stats = AskStats()
+            got = targeted_rule(
+                t, TASK, rules, ("neg", "pos"), wrong, right, max_failures=2, max_contrasts=4,
+                max_input_chars=100, max_repairs=2, stats=stats, show_progress=False, label="t",
+            )  # fmt: skip
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    assert got == new and (stats.requests, stats.repaired) == (2, 1)
+    asked = server.log[0]["body"]["messages"][0]["content"]
+    assert (
+        'answered "pos" for each of these inputs, but the correct label of each is "neg"' in asked
+    )
+    assert "great but broke 0" in asked and "great but broke 2" not in asked  # max_failures
+    assert (
+        "awful" not in asked and "Input:\ngreat\n" in asked + "\n"
+    )  # the contrast, not the other confusion
+    repair = server.log[1]["body"]["messages"][-1]["content"]
+    assert "that is rule 2" in repair and 'still answers "pos"' in repair
+
+
 # ---- prompt templates, the CLI, and what importing costs -------------------------------------
 
 
