@@ -23,6 +23,8 @@ from pld.distiller.student import Scored, StudentRunner
 from pld.distiller.targeted import Confusion, confusions, targeted_rule
 from pld.distiller.teacher import Teacher
 from pld.distiller.templates import prompt
+from pld.errors import ConfigError
+from pld.metrics import paired_bootstrap_delta
 from pld.runtime.bundle import Instruction, Task
 from pld.text import clip
 
@@ -52,6 +54,9 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     dev_macro_f1_after: float | None
     accepted: bool
     reason: str
+    # the paired bootstrap interval of dev Macro-F1, candidate minus current rules (at the
+    # loop's confidence, two-sided 95% when it has none)
+    dev_delta_ci: tuple[float, float] | None = None
     target: str | None = None  # targeted: "G answered as P (N training errors)"
     rule: str | None = None  # targeted: the rule tried
 
@@ -72,13 +77,23 @@ def conflict_loop(
     max_input_chars: int = 3000,
     max_repairs: int = 2,
     revise: Revise = "list",
+    confidence: float = 0.0,
     stats: AskStats | None = None,
     show_progress: bool = True,
 ) -> tuple[list[Instruction], Scored, list[Round]]:
     """Revise ``instructions`` for up to ``max_rounds`` rounds; returns the best rule set, its
     dev score and one ``Round`` per round tried. ``dev_score`` is the score of ``instructions``.
+
+    A candidate is kept if its dev Macro-F1 is higher; with ``confidence`` C > 0, only if the
+    lower bound of its paired bootstrap difference is above zero at one-sided confidence C too
+    (a small dev split lets a rule that changes nothing look better by chance).
     """
+    if not 0 <= confidence < 1:
+        raise ConfigError(
+            f"confidence is {confidence}; use 0 (any rise) or a fraction below 1, such as 0.9"
+        )
     best, best_score, rounds = list(instructions), dev_score, []
+    labels = [x.name for x in task.labels]
     tried: set[Confusion] = set()
     for r in range(1, max_rounds + 1):
         on_train = student.evaluate(task, best, train, label=f"round {r}: student on train",
@@ -110,11 +125,18 @@ def conflict_loop(
             continue
         scored = student.evaluate(task, attempt.rules, dev, label=f"round {r}: student on dev",
                                   show_progress=show_progress)  # fmt: skip
-        accepted = scored.macro_f1 > best_score.macro_f1
+        gold = [ex.label for ex in dev]
+        delta = paired_bootstrap_delta(gold, scored.predictions, best_score.predictions, labels,
+                                       alpha=2 * (1 - confidence) if confidence else 0.05)  # fmt: skip
+        rose = scored.macro_f1 > best_score.macro_f1
+        sure = not confidence or delta.macro_f1_ci[0] > 0
+        accepted = rose and sure
+        reason = ("dev Macro-F1 did not improve" if not rose else "dev Macro-F1 improved" if sure
+                  else f"dev Macro-F1 rose within the noise: its paired lower bound at {confidence:.0%} "
+                       f"confidence is {delta.macro_f1_ci[0]:+.3f}")  # fmt: skip
         rounds.append(done(
-            dev_macro_f1_after=scored.macro_f1, accepted=accepted,
-            reason="dev Macro-F1 improved" if accepted else "dev Macro-F1 did not improve",
-            target=attempt.target, rule=attempt.rule,
+            dev_macro_f1_after=scored.macro_f1, accepted=accepted, reason=reason,
+            dev_delta_ci=delta.macro_f1_ci, target=attempt.target, rule=attempt.rule,
         ))  # fmt: skip
         if accepted:
             best, best_score = attempt.rules, scored

@@ -216,10 +216,13 @@ def refine(
         synthesis, runner, task, instructions, data.loop, data.dev, dev_score=first,
         max_rounds=s.max_rounds, max_failures=s.max_failures, max_successes=s.max_successes,
         max_input_chars=s.example_chars, max_rules=s.max_rules, max_repairs=s.max_repairs,
-        revise=s.revise, stats=run.stats["revise"], show_progress=show,
+        revise=s.revise, confidence=s.confidence, stats=run.stats["revise"], show_progress=show,
     )  # fmt: skip
     for r in rounds:
         after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
+        if r.dev_delta_ci is not None:
+            level = 1 - 2 * (1 - s.confidence) if s.confidence else 0.95
+            after += f" (paired {level:.0%} [{r.dev_delta_ci[0]:+.3f}, {r.dev_delta_ci[1]:+.3f}])"
         say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
             f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "
             f"({r.reason})")  # fmt: skip
@@ -236,6 +239,9 @@ def refine(
         tried = ", ".join(f"{k} {v:.3f}" for k, v in c.macro_f1.items())
         say(f"calibration for {c.model} with the final rules: {final_score.calibration} "
             f"(dev Macro-F1 {tried}{'' if s.calibration == 'auto' else '; set by --calibration'})")  # fmt: skip
+    if not final:
+        say("no rule kept: the bundle is the task's zero-shot prompt (nothing the teacher wrote "
+            "beat it on dev)")  # fmt: skip
     if final_score.macro_f1 < zero.macro_f1:
         say(f"warning: with its rules the student scores below zero-shot on dev (Macro-F1 "
             f"{final_score.macro_f1:.3f} < {zero.macro_f1:.3f}); the rules mislead this student: "

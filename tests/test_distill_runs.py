@@ -295,6 +295,11 @@ def test_targeted_loop_adds_one_rule_per_confusion_and_keeps_it_only_if_dev_rise
                 teacher, runner, task, start, ex, dev, dev_score=score, max_rounds=2,
                 revise="targeted", show_progress=False,
             )  # fmt: skip
+            # the same rounds (teacher and student from their caches), kept only when sure
+            _, _, sure = conflict_loop(
+                teacher, runner, task, start, ex, dev, dev_score=score, max_rounds=2,
+                revise="targeted", confidence=0.9, show_progress=False,
+            )  # fmt: skip
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
@@ -313,3 +318,9 @@ def test_targeted_loop_adds_one_rule_per_confusion_and_keeps_it_only_if_dev_rise
             r.dev_macro_f1_after is not None and r.dev_macro_f1_after > r.dev_macro_f1_before
         )
     assert final[0] == start[0] and final_score.macro_f1 >= score.macro_f1
+    assert sure[0].dev_delta_ci is not None and sure[0].rule == rounds[0].rule
+    for r in sure:
+        if r.dev_delta_ci is not None:
+            rose = r.dev_macro_f1_after is not None and r.dev_macro_f1_after > r.dev_macro_f1_before
+            assert r.accepted == (rose and r.dev_delta_ci[0] > 0)
+            assert r.accepted or "improved" not in r.reason
