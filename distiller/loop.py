@@ -77,7 +77,7 @@ def conflict_loop(
     max_input_chars: int = 3000,
     max_repairs: int = 2,
     revise: Revise = "list",
-    confidence: float = 0.0,
+    confidence: float = 0.9,
     stats: AskStats | None = None,
     show_progress: bool = True,
 ) -> tuple[list[Instruction], Scored, list[Round]]:

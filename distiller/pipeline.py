@@ -66,9 +66,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     calibration: Literal["none", "contextual", "fitted", "auto"] = "auto"
     vote: bool = True  # drop the minority where one condition led to several labels
     revise: Literal["list", "targeted"] = "list"  # the conflict loop's revision (loop.Revise)
-    confidence: float = (
-        0.0  # keep a revision only if its paired dev gain is this sure (0: any rise)
-    )
+    # keep a revision only if its paired dev gain is above zero this surely (0: any rise)
+    confidence: float = 0.9
     text_field: str = "text"
     label_field: str = "label"
 

@@ -55,7 +55,8 @@ def bundle_provenance(
         },
         "calibration": _calibration(outcome.score),
         "pruned": [x.text for x in outcome.pruned],
-        "rounds": [msgspec.to_builtins(r) for r in outcome.rounds],
+        # through JSON, so tuples are lists as in a bundle read back (a replay compares equal)
+        "rounds": msgspec.json.decode(msgspec.json.encode(outcome.rounds)),
     }
 
 

@@ -293,7 +293,7 @@ def test_targeted_loop_adds_one_rule_per_confusion_and_keeps_it_only_if_dev_rise
             score = runner.evaluate(task, start, dev, label="dev", show_progress=False)
             final, final_score, rounds = conflict_loop(
                 teacher, runner, task, start, ex, dev, dev_score=score, max_rounds=2,
-                revise="targeted", show_progress=False,
+                revise="targeted", confidence=0, show_progress=False,
             )  # fmt: skip
             # the same rounds (teacher and student from their caches), kept only when sure
             _, _, sure = conflict_loop(
