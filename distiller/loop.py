@@ -10,6 +10,7 @@ revise prompt and the acceptance rule; the student and teacher are passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -94,6 +95,8 @@ def conflict_loop(
         )
     best, best_score, rounds = list(instructions), dev_score, []
     labels = [x.name for x in task.labels]
+    ask = _Asking(synthesis, max_failures, max_successes, max_rules, max_input_chars, max_repairs,
+                  stats, show_progress)  # fmt: skip
     tried: set[Confusion] = set()
     for r in range(1, max_rounds + 1):
         on_train = student.evaluate(task, best, train, label=f"round {r}: student on train",
@@ -108,15 +111,9 @@ def conflict_loop(
             )
             break
         if revise == "targeted":
-            attempt = _targeted(synthesis, task, best, wrong, right, tried, r, max_failures=max_failures,
-                                max_successes=max_successes, max_rules=max_rules,
-                                max_input_chars=max_input_chars, max_repairs=max_repairs,
-                                stats=stats, show_progress=show_progress)  # fmt: skip
+            attempt = _targeted(ask, task, best, wrong, right, tried, r)
         else:
-            attempt = _whole_list(synthesis, task, best, train, on_train.predictions, wrong, right, r,
-                                  max_failures=max_failures, max_successes=max_successes,
-                                  max_rules=max_rules, max_input_chars=max_input_chars,
-                                  max_repairs=max_repairs, stats=stats, show_progress=show_progress)  # fmt: skip
+            attempt = _whole_list(ask, task, best, train, on_train.predictions, wrong, right, r)
         if attempt.rules is None:
             rounds.append(done(dev_macro_f1_after=None, accepted=False, reason=attempt.why,
                                target=attempt.target))  # fmt: skip
@@ -145,6 +142,20 @@ def conflict_loop(
     return best, best_score, rounds
 
 
+@dataclasses.dataclass(frozen=True)
+class _Asking:
+    """Who a round asks and the limits of what it shows (the loop's settings)."""
+
+    synthesis: Teacher
+    max_failures: int
+    max_successes: int
+    max_rules: int
+    max_input_chars: int
+    max_repairs: int
+    stats: AskStats | None
+    show_progress: bool
+
+
 class _Attempt(msgspec.Struct, frozen=True, kw_only=True):
     """A round's candidate rule list, or why there is none and whether the loop stops."""
 
@@ -156,35 +167,28 @@ class _Attempt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _targeted(
-    synthesis: Teacher,
+    ask: _Asking,
     task: Task,
     best: list[Instruction],
     wrong: list[tuple[Example, str]],
     right: list[tuple[Example, str]],
     tried: set[Confusion],
     round_: int,
-    *,
-    max_failures: int,
-    max_successes: int,
-    max_rules: int,
-    max_input_chars: int,
-    max_repairs: int,
-    stats: AskStats | None,
-    show_progress: bool,
 ) -> _Attempt:
     """The rules plus one new rule for the most frequent confusion not tried yet."""
     pending = [c for c in confusions(wrong, [x.name for x in task.labels]) if c not in tried]
-    if not pending or len(best) >= max_rules:
+    if not pending or len(best) >= ask.max_rules:
         return _Attempt(
-            rules=None, why="every confusion tried" if not pending else f"{max_rules} rules already"
+            rules=None,
+            why="every confusion tried" if not pending else f"{ask.max_rules} rules already",
         )
     tried.add(confusion := pending[0])
     n = sum((ex.label, p) == confusion for ex, p in wrong)
     target = f"{confusion[0]} answered as {confusion[1]} ({n} training errors)"
     text = targeted_rule(
-        synthesis, task, best, confusion, wrong, right, max_failures=max_failures,
-        max_contrasts=max_successes, max_input_chars=max_input_chars, max_repairs=max_repairs,
-        stats=stats, show_progress=show_progress,
+        ask.synthesis, task, best, confusion, wrong, right, max_failures=ask.max_failures,
+        max_contrasts=ask.max_successes, max_input_chars=ask.max_input_chars,
+        max_repairs=ask.max_repairs, stats=ask.stats, show_progress=ask.show_progress,
         label=f"round {round_}: a rule for {confusion[0]} answered as {confusion[1]}",
     )  # fmt: skip
     if text is None:
@@ -194,7 +198,7 @@ def _targeted(
 
 
 def _whole_list(
-    synthesis: Teacher,
+    ask: _Asking,
     task: Task,
     best: list[Instruction],
     train: Sequence[Example],
@@ -202,42 +206,34 @@ def _whole_list(
     wrong: list[tuple[Example, str]],
     right: list[tuple[Example, str]],
     round_: int,
-    *,
-    max_failures: int,
-    max_successes: int,
-    max_rules: int,
-    max_input_chars: int,
-    max_repairs: int,
-    stats: AskStats | None,
-    show_progress: bool,
 ) -> _Attempt:
     """The synthesis model's rewrite of the whole list from failures and successes."""
     labels = [x.name for x in task.labels]
     listing = "\n".join(f"{i}. {x.text}" for i, x in enumerate(best, 1)) or "(no rules yet)"
     failures = "\n\n".join(
-        f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
-        for ex, p in _spread(wrong, max_failures, labels)
+        f"Input:\n{clip(ex.text, ask.max_input_chars)}\nCorrect label: {ex.label}\nStudent answered: {p}"
+        for ex, p in _spread(wrong, ask.max_failures, labels)
     )
     successes = "\n\n".join(
-        f"Input:\n{clip(ex.text, max_input_chars)}\nCorrect label: {ex.label}"
-        for ex, _ in _spread(right, max_successes, labels)
+        f"Input:\n{clip(ex.text, ask.max_input_chars)}\nCorrect label: {ex.label}"
+        for ex, _ in _spread(right, ask.max_successes, labels)
     )
     conversation = [{"role": "user", "content": prompt(
         "revise", **task_values(task), rules=listing, failures=failures,
-        successes=successes or "(none)", max_rules=max_rules,
+        successes=successes or "(none)", max_rules=ask.max_rules,
         summary=_summary(train, predictions, labels),
     )}]  # fmt: skip
     (reply,) = ask_json(
-        synthesis, [conversation], Revision, label=f"round {round_}: revising rules",
-        max_tokens=revision_tokens(max_rules), max_repairs=max_repairs, stats=stats,
-        show_progress=show_progress,
+        ask.synthesis, [conversation], Revision, label=f"round {round_}: revising rules",
+        max_tokens=revision_tokens(ask.max_rules), max_repairs=ask.max_repairs, stats=ask.stats,
+        show_progress=ask.show_progress,
     )  # fmt: skip
     if reply is None:
         return _Attempt(
             rules=None,
             why="no usable revision (a teacher too weak to rewrite the list: try --revise targeted)",
         )
-    return _Attempt(rules=_revised(best, reply, round_, max_rules))
+    return _Attempt(rules=_revised(best, reply, round_, ask.max_rules))
 
 
 def _revised(
