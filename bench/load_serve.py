@@ -44,6 +44,7 @@ from .serve_harness import (
     Device,
     Request,
     Server,
+    ServerOutputOpt,
     ThreadsOpt,
     log_stderr,
     parse_sizes,
@@ -218,14 +219,7 @@ def load(
     pull_nice: Annotated[
         int, typer.Option(min=0, max=19, help="`pld device pull --nice` (19: its default).")
     ] = 19,
-    server_output: Annotated[
-        bool,
-        typer.Option(
-            "--server-output",
-            help="Stream `pld serve`'s stdout and stderr to this terminal's stderr as they come "
-            "(without it, they are shown only if the server fails: its last 40 lines).",
-        ),
-    ] = False,
+    server_output: ServerOutputOpt = False,
 ) -> None:
     """K clients, N requests, a pull and a rollback in the middle; a table, then one JSON line."""
     result = run_load(

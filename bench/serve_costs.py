@@ -32,6 +32,7 @@ from .serve_harness import (
     Clients,
     Device,
     Server,
+    ServerOutputOpt,
     ThreadsOpt,
     log_stderr,
     parse_sizes,
@@ -54,6 +55,7 @@ def run_batching(
     threads: int = 0,
     batches: Sequence[int] = BATCHES,
     seed: int = 0,
+    server_output: bool = False,
     log: Callable[[str], None] = log_stderr,
 ) -> dict[str, Any]:
     """`pld serve --batch-size 1` against `--batch-size N`: two servers on the same bundles, started
@@ -79,7 +81,7 @@ def run_batching(
             for b in sizes:
                 servers[b] = Server(
                     *common, "--batch-size", str(b), "--batch-window-ms", str(waits[b]),
-                    log_dir=Path(tmp),
+                    log_dir=Path(tmp), echo=server_output,
                 )  # fmt: skip
                 log(f"--batch-size {b}: ready in {servers[b].ready_s:.1f} s")
             for b in sizes:  # warm up each server with a wave it is not measured on
@@ -157,6 +159,7 @@ def batching(
     threads: ThreadsOpt = 0,
     batches: BatchesOpt = BATCHES_TEXT,
     seed: Annotated[int, typer.Option(help="Seed of the request stream.")] = 0,
+    server_output: ServerOutputOpt = False,
 ) -> None:
     """--batch-size 1 against --batch-size N (the batched server's), interleaved waves; a
     table, then one JSON line."""
@@ -164,7 +167,7 @@ def batching(
         clients=clients, requests=requests, repeats=repeats,
         max_batch=batch_size_of(batch_size, max_batch),
         batch_window_ms=batch_window_ms, long=long, threads=threads,
-        batches=parse_sizes(batches), seed=seed,
+        batches=parse_sizes(batches), seed=seed, server_output=server_output,
     )  # fmt: skip
     print(
         f"bundles: {result['bundles']} ({', '.join(result['tasks'])}); failed: {result['failed']}"
@@ -203,7 +206,10 @@ print(peak_rss_mb())
 """
 
 
-def rss(counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] = "1,3,6") -> None:
+def rss(
+    counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] = "1,3,6",
+    server_output: ServerOutputOpt = False,
+) -> None:
     """Peak RSS of one `pld serve` with 1, 3, 6 bundles against N separate classifiers.
 
     Six bundles: the three shipped ones, then the same three again under other task names.
@@ -216,7 +222,7 @@ def rss(counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] =
         model_mb = float(out.stdout.split()[-1])
         for k in [int(x) for x in counts.split(",")]:
             args = [a for spec in names[:k] for a in ("--bundle", spec)]
-            server = Server(*args, log_dir=Path(tmp))
+            server = Server(*args, log_dir=Path(tmp), echo=server_output)
             for spec in names[:k]:
                 httpx.post(
                     f"{server.url}/v1/classify",
@@ -252,7 +258,10 @@ def rss(counts: Annotated[str, typer.Option(help="Bundle counts to measure.")] =
         )
 
 
-def ready(repeats: Annotated[int, typer.Option(help="Starts per mode.")] = 2) -> None:
+def ready(
+    repeats: Annotated[int, typer.Option(help="Starts per mode.")] = 2,
+    server_output: ServerOutputOpt = False,
+) -> None:
     """Time from `pld serve --device-dir` start to /readyz 200: cold vs saved prefix states."""
     import shutil
 
@@ -267,7 +276,7 @@ def ready(repeats: Annotated[int, typer.Option(help="Starts per mode.")] = 2) ->
             for mode in ("cold", "saved"):  # interleaved; a cold start saves the states again
                 if mode == "cold":
                     shutil.rmtree(device.dev / "states", ignore_errors=True)
-                server = Server("--device-dir", str(device.dev), log_dir=root)
+                server = Server("--device-dir", str(device.dev), log_dir=root, echo=server_output)
                 times[mode].append(server.ready_s)
                 server.stop()
                 log_stderr(f"{mode}: ready in {server.ready_s:.2f} s")

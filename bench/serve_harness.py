@@ -42,6 +42,7 @@ __all__ = [
     "Request",
     "Server",
     "ServerError",
+    "ServerOutputOpt",
     "ThreadsOpt",
     "log_stderr",
     "parse_sizes",
@@ -80,6 +81,14 @@ BatchesOpt = Annotated[
     str, typer.Option(help="Inputs per request, drawn uniformly (repeat a size to weight it).")
 ]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads, server and in-process (0: all).")]
+ServerOutputOpt = Annotated[
+    bool,
+    typer.Option(
+        "--server-output",
+        help="Stream `pld serve`'s stdout and stderr to this terminal's stderr as they come "
+        "(without it, they are shown only if the server fails: its last 40 lines).",
+    ),
+]
 
 # ---- a device directory and a server ----------------------------------------------------------
 
