@@ -155,6 +155,15 @@ class SyncCollector(Collector):
             )
             index.add_metric([st.channel], st.index_version)
             yield index
+        result = GaugeMetricFamily(
+            "pld_sync_last_result_info",
+            "1 for how the last check ended: pulled (the index was read and checked), unchanged "
+            "(the store answered 304: nothing downloaded) or failed.",
+            labels=["result"],
+        )
+        if st.last_result is not None:
+            result.add_metric([st.last_result], 1)
+        yield result
         error = GaugeMetricFamily(
             "pld_sync_last_error_info",
             "1 while the last pull failed, labelled with why (signature, expired, rejected, "

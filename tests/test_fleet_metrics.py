@@ -77,16 +77,18 @@ def test_metrics_show_the_sync_agents_state(tmp_path: Path) -> None:
     assert out is not None and out.error is not None
     text = scrape(d)
     assert samples(text, "pld_sync_last_error_info") == {'{reason="store"}': 1.0}
+    assert samples(text, "pld_sync_last_result_info") == {'{result="failed"}': 1.0}
     assert samples(text, "pld_sync_consecutive_failures") == {"": 1.0}
     assert samples(text, "pld_sync_interval_seconds") == {"": 300.0}
     assert samples(text, "pld_sync_next_attempt_timestamp_seconds") == {"": out.state.next_attempt}
     assert not samples(text, "pld_sync_last_success_timestamp_seconds")  # never succeeded
     now = time.time()
     write_sync_state(d, SyncState(source="s", channel="stable", every_s=900, last_check=now,
-                                  last_success=now, index_version=7,
+                                  last_success=now, index_version=7, last_result="unchanged",
                                   deferred={"stereoset": "0.3.0"}))  # fmt: skip
     text = scrape(d)
     assert not samples(text, "pld_sync_last_error_info")
+    assert samples(text, "pld_sync_last_result_info") == {'{result="unchanged"}': 1.0}
     assert samples(text, "pld_sync_last_success_timestamp_seconds") == {"": now}
     assert samples(text, "pld_sync_index_version") == {'{channel="stable"}': 7.0}
     assert samples(text, "pld_sync_rollout_deferred_info") == {
