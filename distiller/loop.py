@@ -29,9 +29,15 @@ from pld.metrics import paired_bootstrap_delta
 from pld.runtime.bundle import Instruction, Task
 from pld.text import clip
 
-__all__ = ["Revise", "Revision", "Round", "conflict_loop"]
+__all__ = ["Revise", "Revision", "Round", "conflict_loop", "interval_level"]
 
 Revise = Literal["list", "targeted"]
+
+
+def interval_level(confidence: float) -> float:
+    """The two-sided level of ``Round.dev_delta_ci`` for a loop run at ``confidence``: the
+    interval whose lower bound is the one-sided bound at that confidence (95% for 0)."""
+    return 1 - 2 * (1 - confidence) if confidence else 0.95
 
 
 class RevisedRule(msgspec.Struct, frozen=True):
@@ -55,8 +61,8 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     dev_macro_f1_after: float | None
     accepted: bool
     reason: str
-    # the paired bootstrap interval of dev Macro-F1, candidate minus current rules (at the
-    # loop's confidence, two-sided 95% when it has none)
+    # the paired bootstrap interval of dev Macro-F1, candidate minus current rules, at
+    # ``interval_level`` of the loop's confidence
     dev_delta_ci: tuple[float, float] | None = None
     target: str | None = None  # targeted: "G answered as P (N training errors)"
     rule: str | None = None  # targeted: the rule tried
@@ -94,7 +100,7 @@ def conflict_loop(
             f"confidence is {confidence}; use 0 (any rise) or a fraction below 1, such as 0.9"
         )
     best, best_score, rounds = list(instructions), dev_score, []
-    labels = [x.name for x in task.labels]
+    labels, gold = [x.name for x in task.labels], [ex.label for ex in dev]
     ask = _Asking(synthesis, max_failures, max_successes, max_rules, max_input_chars, max_repairs,
                   stats, show_progress)  # fmt: skip
     tried: set[Confusion] = set()
@@ -122,9 +128,8 @@ def conflict_loop(
             continue
         scored = student.evaluate(task, attempt.rules, dev, label=f"round {r}: student on dev",
                                   show_progress=show_progress)  # fmt: skip
-        gold = [ex.label for ex in dev]
         delta = paired_bootstrap_delta(gold, scored.predictions, best_score.predictions, labels,
-                                       alpha=2 * (1 - confidence) if confidence else 0.05)  # fmt: skip
+                                       alpha=1 - interval_level(confidence))  # fmt: skip
         rose = scored.macro_f1 > best_score.macro_f1
         sure = not confidence or delta.macro_f1_ci[0] > 0
         accepted = rose and sure

@@ -27,7 +27,7 @@ from pld.distiller.consolidate import consolidate as consolidate_clusters
 from pld.distiller.consolidate import fit_budget
 from pld.distiller.data import Splits, load_splits
 from pld.distiller.extract import ExtractedRule, extract_rules
-from pld.distiller.loop import Round, conflict_loop
+from pld.distiller.loop import Round, conflict_loop, interval_level
 from pld.distiller.student import Scored, StudentRunner
 from pld.distiller.teacher import Teacher
 from pld.distiller.votes import Conflict, find_conflicts, mask_labels
@@ -221,7 +221,7 @@ def refine(
     for r in rounds:
         after = "-" if r.dev_macro_f1_after is None else f"{r.dev_macro_f1_after:.3f}"
         if r.dev_delta_ci is not None:
-            level = 1 - 2 * (1 - s.confidence) if s.confidence else 0.95
+            level = interval_level(s.confidence)
             after += f" (paired {level:.0%} [{r.dev_delta_ci[0]:+.3f}, {r.dev_delta_ci[1]:+.3f}])"
         say(f"round {r.round}: {r.train_errors}/{r.train_n} training errors, dev Macro-F1 "
             f"{r.dev_macro_f1_before:.3f} -> {after}, {'accepted' if r.accepted else 'rejected'} "

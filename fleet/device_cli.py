@@ -199,8 +199,6 @@ def sync_cmd(
         if outcome.error is not None:
             _log(f"sync failed ({st.last_error.reason if st.last_error else '?'}): "
                  f"{outcome.error}")  # fmt: skip
-        elif st.last_result == "unchanged":
-            _log("index unchanged (the store answered 304): nothing downloaded")
         elif outcome.result is not None:
             r = outcome.result
             for c in r.changed:

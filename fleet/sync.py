@@ -159,6 +159,18 @@ def sync_once(
     failures = 0 if error is None else (before.consecutive_failures if before else 0) + 1
     delay = next_delay(every_s, failures, jitter=jitter, max_backoff_s=max_backoff_s, rng=rng)
     keep = before if before is not None and before.channel == channel else None
+    # the index this device holds now, and what it defers: as the pull or the 304 says, else
+    # as the last state on this channel said
+    index_version: int | None
+    deferred: dict[str, str]
+    if result is not None:
+        index_version, deferred = result.index_version, dict(result.deferred)
+    elif unchanged is not None:
+        index_version, deferred = unchanged.version, dict(unchanged.deferred)
+    elif keep is not None:
+        index_version, deferred = keep.index_version, dict(keep.deferred)
+    else:
+        index_version, deferred = None, {}
     state = SyncState(
         source=str(source),
         channel=channel,
@@ -177,20 +189,8 @@ def sync_once(
         ),
         consecutive_failures=failures,
         next_attempt=now + delay,
-        index_version=(
-            result.index_version
-            if result
-            else unchanged.version
-            if unchanged
-            else (keep.index_version if keep else None)
-        ),
-        deferred=(
-            dict(result.deferred)
-            if result
-            else unchanged.deferred
-            if unchanged
-            else (dict(keep.deferred) if keep else {})
-        ),
+        index_version=index_version,
+        deferred=deferred,
         last_result="failed" if error else "unchanged" if unchanged else "pulled",
     )
     write_sync_state(device_dir, state)
