@@ -80,7 +80,12 @@ class PldContender:
 
     def _decoded(self) -> int:
         s = self.clf.engine.stats
-        return s.prefix_tokens_decoded + s.suffix_tokens_decoded + s.full_tokens_decoded
+        return (
+            s.prefix_tokens_decoded
+            + s.suffix_tokens_decoded
+            + s.full_tokens_decoded
+            + s.pad_tokens_decoded
+        )
 
     def answer(self, texts: list[str]) -> Reply:
         """Classify the texts in one call; ``evaluated`` is the tokens decoded per text."""

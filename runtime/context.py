@@ -105,6 +105,8 @@ class EngineStats:
     prefix_tokens_decoded: int = 0
     suffix_tokens_decoded: int = 0
     full_tokens_decoded: int = 0
+    # tokens of the pad sequence that align batched requests (see batch.ALIGN); never a request's
+    pad_tokens_decoded: int = 0
     primes: int = 0
     reprimes: int = 0
     restores: int = 0

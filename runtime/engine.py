@@ -191,6 +191,7 @@ class Engine(PrimedContext):
                 n_pads += lead
                 items += runs[i]
             rows += self._decode_items(items)
+            self.stats.pad_tokens_decoded += n_pads
             for i in call:
                 for s in seqs[i]:
                     L.llama_memory_seq_rm(mem, s, p0, -1)

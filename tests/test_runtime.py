@@ -136,6 +136,32 @@ def test_prefix_is_evaluated_once(monkeypatch: pytest.MonkeyPatch) -> None:
         clf.close()
 
 
+def test_batched_requests_count_their_pads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batched requests start ALIGN cells apart, after pad tokens (runtime/batch.py): the
+    # engine's counters must add up to every token llama.cpp is asked to decode, pads included.
+    import llama_cpp.llama_cpp as L
+
+    sizes: list[int] = []
+    real_decode = L.llama_decode
+
+    def counting_decode(ctx, batch):  # type: ignore[no-untyped-def]
+        sizes.append(batch.n_tokens)
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(L, "llama_decode", counting_decode)
+    clf = Classifier.open("stereoset", calibrate=False, prefix_cache=False, max_batch=8)
+    try:
+        texts = [r["text"] for r in records("stereoset", n=8)]
+        stats = clf.engine.stats
+        before = (sum(sizes), stats.suffix_tokens_decoded, stats.pad_tokens_decoded)
+        clf.classify_many(texts)
+        pads = stats.pad_tokens_decoded - before[2]
+        assert pads > 0  # these eight inputs do not all end on a multiple of ALIGN tokens
+        assert sum(sizes) - before[0] == stats.suffix_tokens_decoded - before[1] + pads
+    finally:
+        clf.close()
+
+
 @pytest.mark.parametrize("max_batch", [1, 8], ids=["windowed", "shared"])
 def test_requests_do_not_affect_each_other(opened, max_batch: int) -> None:
     clf = opened("stereoset", calibrate=False, max_batch=max_batch)
