@@ -21,7 +21,7 @@ Accuracy lives in ``pld.evals``. Importing this package does no work.
 from .compare import run_compare
 from .compare_summary import format_compare
 from .inputs import default_bundle, default_inputs
-from .latency import format_latency, run_latency
+from .latency import LatencyResult, format_latency, run_latency
 from .scaling import format_scaling, run_scaling
 from .scaling_config import ScalingConfig
 
@@ -30,6 +30,7 @@ __all__ = [
     "default_bundle",
     "default_inputs",
     "format_compare",
+    "LatencyResult",
     "format_latency",
     "format_scaling",
     "run_compare",

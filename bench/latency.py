@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pld.errors import DataError, PldError
 from pld.metrics import percentile
 from pld.proc import peak_rss_mb
@@ -24,7 +26,42 @@ from pld.runtime import Classifier, ClassifierOptions, read_records
 
 from .inputs import default_bundle, default_inputs
 
-__all__ = ["format_latency", "run_latency"]
+__all__ = ["LatencyResult", "format_latency", "run_latency"]
+
+
+class LatencyResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `pld bench latency` measured (its JSON line; fields: see bench/RESULTS.md). Modes:
+    (a) full prompt, (b) prefix reuse, (c) batched reuse, (d) the empty system prompt."""
+
+    bundle: str
+    model: str
+    prefix_tokens: int
+    requests: int
+    repeats: int
+    full_requests: int
+    mean_input_tokens: float
+    tokens_per_request_full: int
+    tokens_per_request_reuse: int
+    full_p50_ms: float
+    full_p95_ms: float
+    reuse_p50_ms: float
+    reuse_p95_ms: float
+    batched_per_request_ms: float
+    batch_size: int
+    floor_p50_ms: float
+    floor_p95_ms: float
+    speedup_reuse: float
+    overhead_reuse: float
+    prime_ms: float
+    restore_ms: float
+    restore_speedup: float
+    label_agreement: float | None
+    peak_rss_mb: float
+    backend: str
+    n_threads: int | None
+    flash_attn: bool | None
+    kv_type: str
+    n_ubatch: int
 
 
 def _ms(fn: Any, *args: Any) -> tuple[float, Any]:
@@ -44,8 +81,8 @@ def run_latency(
     full_requests: int = 3,
     batch_size: int = 8,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Measure every mode; returns the JSON-able summary (see bench/RESULTS.md for fields).
+) -> LatencyResult:
+    """Measure every mode; returns the summary (see bench/RESULTS.md for the fields).
 
     ``options`` set threads, GPU layers, KV type, ubatch and flash attention for every mode;
     calibration is off and ``max_batch`` is 1, except in the batched mode (``batch_size``).
@@ -114,70 +151,70 @@ def run_latency(
     full_p50 = statistics.median(times["full"])
     reuse_p50 = statistics.median(times["reuse"])
     floor_p50 = statistics.median(times["floor"])
-    return {
-        "bundle": Path(bundle).name,
-        "model": model or "bundle default",
-        "prefix_tokens": prefix_tokens,
-        "requests": requests,
-        "repeats": repeats,
-        "full_requests": len(times["full"]),
-        "mean_input_tokens": round(sum(suffix_tokens) / len(suffix_tokens), 1),
-        "tokens_per_request_full": prefix_tokens + round(sum(suffix_tokens) / len(suffix_tokens)),
-        "tokens_per_request_reuse": round(sum(suffix_tokens) / len(suffix_tokens)),
-        "full_p50_ms": round(full_p50, 1),
-        "full_p95_ms": round(percentile(times["full"], 0.95), 1),
-        "reuse_p50_ms": round(reuse_p50, 1),
-        "reuse_p95_ms": round(percentile(times["reuse"], 0.95), 1),
-        "batched_per_request_ms": round(statistics.median(times["batched"]), 1),
-        "batch_size": batch_size,
-        "floor_p50_ms": round(floor_p50, 1),
-        "floor_p95_ms": round(percentile(times["floor"], 0.95), 1),
-        "speedup_reuse": round(full_p50 / reuse_p50, 1),
-        "overhead_reuse": round(reuse_p50 / floor_p50, 2),
-        "prime_ms": round(prime_ms, 1),
-        "restore_ms": round(restore_ms, 1),
-        "restore_speedup": round(prime_ms / restore_ms, 1),
-        "label_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "backend": backend,
-        "n_threads": base.n_threads or None,
-        "flash_attn": base.flash_attn,
-        "kv_type": base.type_k if base.type_k == base.type_v else f"{base.type_k}/{base.type_v}",
-        "n_ubatch": base.engine_config().ubatch(),
-    }
+    return LatencyResult(
+        bundle=Path(bundle).name,
+        model=model or "bundle default",
+        prefix_tokens=prefix_tokens,
+        requests=requests,
+        repeats=repeats,
+        full_requests=len(times["full"]),
+        mean_input_tokens=round(sum(suffix_tokens) / len(suffix_tokens), 1),
+        tokens_per_request_full=prefix_tokens + round(sum(suffix_tokens) / len(suffix_tokens)),
+        tokens_per_request_reuse=round(sum(suffix_tokens) / len(suffix_tokens)),
+        full_p50_ms=round(full_p50, 1),
+        full_p95_ms=round(percentile(times["full"], 0.95), 1),
+        reuse_p50_ms=round(reuse_p50, 1),
+        reuse_p95_ms=round(percentile(times["reuse"], 0.95), 1),
+        batched_per_request_ms=round(statistics.median(times["batched"]), 1),
+        batch_size=batch_size,
+        floor_p50_ms=round(floor_p50, 1),
+        floor_p95_ms=round(percentile(times["floor"], 0.95), 1),
+        speedup_reuse=round(full_p50 / reuse_p50, 1),
+        overhead_reuse=round(reuse_p50 / floor_p50, 2),
+        prime_ms=round(prime_ms, 1),
+        restore_ms=round(restore_ms, 1),
+        restore_speedup=round(prime_ms / restore_ms, 1),
+        label_agreement=round(sum(agree) / len(agree), 3) if agree else None,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        backend=backend,
+        n_threads=base.n_threads or None,
+        flash_attn=base.flash_attn,
+        kv_type=base.type_k if base.type_k == base.type_v else f"{base.type_k}/{base.type_v}",
+        n_ubatch=base.engine_config().ubatch(),
+    )
 
 
-def format_latency(r: dict[str, Any]) -> str:
+def format_latency(r: LatencyResult) -> str:
     """The table for people."""
     rows = [
-        ("prefix (system prompt) tokens", f"{r['prefix_tokens']}"),
-        ("mean input tokens", f"{r['mean_input_tokens']}"),
+        ("prefix (system prompt) tokens", f"{r.prefix_tokens}"),
+        ("mean input tokens", f"{r.mean_input_tokens}"),
         (
             "(a) full prompt per request p50 / p95",
-            f"{r['full_p50_ms']:.0f} / {r['full_p95_ms']:.0f} ms  (n={r['full_requests']})",
+            f"{r.full_p50_ms:.0f} / {r.full_p95_ms:.0f} ms  (n={r.full_requests})",
         ),
-        ("(b) prefix reuse p50 / p95", f"{r['reuse_p50_ms']:.0f} / {r['reuse_p95_ms']:.0f} ms"),
+        ("(b) prefix reuse p50 / p95", f"{r.reuse_p50_ms:.0f} / {r.reuse_p95_ms:.0f} ms"),
         (
             "(c) batched, per request",
-            f"{r['batched_per_request_ms']:.0f} ms (batches of {r['batch_size']})",
+            f"{r.batched_per_request_ms:.0f} ms (batches of {r.batch_size})",
         ),
         (
             "(d) empty system prompt p50 / p95",
-            f"{r['floor_p50_ms']:.0f} / {r['floor_p95_ms']:.0f} ms",
+            f"{r.floor_p50_ms:.0f} / {r.floor_p95_ms:.0f} ms",
         ),
-        ("speedup (a)/(b)", f"{r['speedup_reuse']}x"),
-        ("overhead (b)/(d)", f"{r['overhead_reuse']}x"),
+        ("speedup (a)/(b)", f"{r.speedup_reuse}x"),
+        ("overhead (b)/(d)", f"{r.overhead_reuse}x"),
         (
             "cold start: prime / restore",
-            f"{r['prime_ms']:.0f} / {r['restore_ms']:.0f} ms ({r['restore_speedup']}x)",
+            f"{r.prime_ms:.0f} / {r.restore_ms:.0f} ms ({r.restore_speedup}x)",
         ),
-        ("label agreement reuse vs full", f"{r['label_agreement']}"),
-        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB"),
-        ("backend", r["backend"]),
+        ("label agreement reuse vs full", f"{r.label_agreement}"),
+        ("peak RSS", f"{r.peak_rss_mb:.0f} MB"),
+        ("backend", r.backend),
         (
             "KV type / ubatch / flash attention",
-            f"{r['kv_type']} / {r['n_ubatch']} / "
-            f"{ {True: 'on', False: 'off', None: 'auto'}[r['flash_attn']] }",
+            f"{r.kv_type} / {r.n_ubatch} / "
+            f"{ {True: 'on', False: 'off', None: 'auto'}[r.flash_attn] }",
         ),
     ]
     w = max(len(k) for k, _ in rows)

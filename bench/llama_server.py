@@ -31,7 +31,7 @@ __all__ = ["LABEL_BIAS", "LlamaServer", "ServerConfig", "default_server_bin", "r
 
 # How the first-token contender gets every label's score from /completion. Its pre-sampling
 # top ``n_probs`` are the model's own ranking, and a base model often ranks words like "You"
-# first with no label among the top 32 (issue 17: no label on any Contract-NLI input); covering
+# first with no label among the top 32 (none on any Contract-NLI dev input we tried); covering
 # the labels that way needs n_probs near the vocabulary (262,144 for Gemma-3) in every reply.
 # Instead the request adds LABEL_BIAS to each label's first token and samples with top_k alone,
 # k = the number of labels: the labels are then the only candidates, and the post-sampling

@@ -1,5 +1,5 @@
 """Where `pld bench compare`'s "tokens evaluated / request" differ between pld and the contenders
-on Contract-NLI dev with bench/data/contractnli-long.pld.json (issue 17: 1,175 against 919).
+on Contract-NLI dev with bench/data/contractnli-long.pld.json (once measured: 1,175 against 919).
 
 Counts tokens, times nothing. Part 1 tokenizes the prompts in the order compare sends them
 (2 warm-ups, then 8 x 2 timed inputs) and splits each contender prompt's common prefix with the
@@ -11,7 +11,7 @@ short StereoSet inputs, where batched requests share decode calls after pad toke
 
 Found: the contenders keep the common prefix with the previous prompt, and consecutive dev
 inputs share their contract's opening (256 tokens a request on average); pld decodes exactly
-its suffix, with no pads or re-decoded window (bench/RESULTS.md, issue 17 follow-up).
+its suffix, with no pads or re-decoded window (bench/RESULTS.md, "the 256 tokens").
 
     python scripts/diagnostics/eval_tokens.py [DEV.jsonl] [--decode N] [--batched]
 """
