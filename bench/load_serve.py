@@ -17,16 +17,17 @@ once, waves of the same requests alternating between them (shipped bundles or th
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
+import msgspec
 import typer
+from msgspec import UNSET, UnsetType
 
 from pld.metrics import percentile
 from pld.runtime import load_bundle
@@ -50,6 +51,7 @@ from .serve_harness import (
     parse_sizes,
     request_stream,
 )
+from .serve_types import LoadPhase, LoadResult
 
 __all__ = ["app", "run_load", "valid_version"]
 
@@ -103,8 +105,8 @@ def run_load(
     pull_nice: int = 19,
     server_output: bool = False,
     log: Callable[[str], None] = log_stderr,
-) -> dict[str, Any]:
-    """The load test; returns the JSON-able result (fields: see bench/RESULTS.md).
+) -> LoadResult:
+    """The load test; returns its result (fields: see bench/RESULTS.md).
 
     With ``swap``, ``requests // 3`` requests are answered before the pull starts, as many
     sent after the new versions are visible before the rollback starts, and as many sent after
@@ -163,41 +165,41 @@ def run_load(
         inputs = sum(a.n for a in answers)
         plan = [nth(i) for i in range(compare)]
         inproc_s = _in_process(device.dev, plan, threads) if compare else None
-    result: dict[str, Any] = {
-        "clients": clients,
-        "threads": threads,
-        "requests": len(answers),
-        "phase_requests": third if swap else None,
-        "inputs": inputs,
-        "batches": list(batches),
-        "tasks": dict(Counter(a.task for a in answers)),
-        "max_batch": max_batch,
-        "batch_window_ms": batch_window_ms,
-        "failed": sum(a.status != 200 for a in answers),
-        "failures": [a.error for a in answers if a.status != 200][:3],
-        "wrong_version": len(bad),
-        "wrong": [
-            f"{a.version} sent {a.sent - t0:.2f} s, answered {a.got - t0:.2f} s" for a in bad
-        ][:3],  # fmt: skip
-        "marks_s": {k: round(v - t0, 2) for k, v in marks.items() if not k.endswith("_s")},
-        "wall_s": round(wall, 2),
-        "server_inputs_per_s": round(inputs / wall, 2),
-        "phases": rows,
-        "ready_s": round(server.ready_s, 2),
-        "peak_rss_mb": round(peak, 1),
-        "exit_code": rc,
-        "pull_nice": pull_nice,
-        "pull_s": round(marks.get("pull_s", 0), 2),
-        "rollback_s": round(marks.get("rollback_s", 0), 2),
-    }
+    inprocess: float | UnsetType = UNSET
+    overhead: float | UnsetType = UNSET
     if inproc_s is not None:
-        sub = sum(len(x) for _, x in plan)
-        result["inprocess_inputs_per_s"] = round(sub / inproc_s, 2)
-        before = next((r for r in rows if r["phase"] == "before"), rows[0])
-        result["overhead_ratio"] = round(
-            result["inprocess_inputs_per_s"] / before["inputs_per_s"], 3
-        )
-    return result
+        inprocess = round(sum(len(x) for _, x in plan) / inproc_s, 2)
+        before = next((r for r in rows if r.phase == "before"), rows[0])
+        overhead = round(inprocess / before.inputs_per_s, 3)
+    return LoadResult(
+        clients=clients,
+        threads=threads,
+        requests=len(answers),
+        phase_requests=third if swap else None,
+        inputs=inputs,
+        batches=list(batches),
+        tasks=dict(Counter(a.task for a in answers)),
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+        failed=sum(a.status != 200 for a in answers),
+        failures=[a.error for a in answers if a.status != 200][:3],
+        wrong_version=len(bad),
+        wrong=[
+            f"{a.version} sent {a.sent - t0:.2f} s, answered {a.got - t0:.2f} s" for a in bad[:3]
+        ],
+        marks_s={k: round(v - t0, 2) for k, v in marks.items() if not k.endswith("_s")},
+        wall_s=round(wall, 2),
+        server_inputs_per_s=round(inputs / wall, 2),
+        phases=rows,
+        ready_s=round(server.ready_s, 2),
+        peak_rss_mb=round(peak, 1),
+        exit_code=rc,
+        pull_nice=pull_nice,
+        pull_s=round(marks.get("pull_s", 0), 2),
+        rollback_s=round(marks.get("rollback_s", 0), 2),
+        inprocess_inputs_per_s=inprocess,
+        overhead_ratio=overhead,
+    )
 
 
 @app.command()
@@ -232,7 +234,7 @@ def load(
     _print(result)
 
 
-def _phases(answers: list[Answer], m: dict[str, float], swap: bool) -> list[dict[str, Any]]:
+def _phases(answers: list[Answer], m: dict[str, float], swap: bool) -> list[LoadPhase]:
     if swap:
         groups = {
             "before": [a for a in answers if a.sent < m["pull"]],
@@ -244,34 +246,35 @@ def _phases(answers: list[Answer], m: dict[str, float], swap: bool) -> list[dict
     return [_row(name, group) for name, group in groups.items() if group]
 
 
-def _row(name: str, group: list[Answer]) -> dict[str, Any]:
+def _row(name: str, group: list[Answer]) -> LoadPhase:
     """p50/p99/mean latency and inputs/s of one group of answers (first sent to last answered)."""
     lat = [(a.got - a.sent) * 1000 for a in group]
     span = max(a.got for a in group) - min(a.sent for a in group)
-    return {
-        "phase": name,
-        "requests": len(group),
-        "inputs": sum(a.n for a in group),
-        "p50_ms": round(percentile(lat, 0.5), 1),
-        "p99_ms": round(percentile(lat, 0.99), 1),
-        "mean_ms": round(statistics.fmean(lat), 1),
-        "inputs_per_s": round(sum(a.n for a in group) / span, 2),
-        "versions": dict(sorted(Counter(a.version or "failed" for a in group).items())),
-    }
+    return LoadPhase(
+        phase=name,
+        requests=len(group),
+        inputs=sum(a.n for a in group),
+        p50_ms=round(percentile(lat, 0.5), 1),
+        p99_ms=round(percentile(lat, 0.99), 1),
+        mean_ms=round(statistics.fmean(lat), 1),
+        inputs_per_s=round(sum(a.n for a in group) / span, 2),
+        versions=dict(sorted(Counter(a.version or "failed" for a in group).items())),
+    )
 
 
-def _print(result: dict[str, Any]) -> None:
-    for key, value in result.items():
-        if key != "phases":
+def _print(result: LoadResult) -> None:
+    for key in result.__struct_fields__:
+        value = getattr(result, key)
+        if key != "phases" and value is not UNSET:
             print(f"{key:<24} {value}")
     print(f"\n{'phase':<8} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'inputs/s':>9}  versions")
-    for r in result["phases"]:
-        versions = ", ".join(f"{v}: {n}" for v, n in r["versions"].items())
+    for r in result.phases:
+        versions = ", ".join(f"{v}: {n}" for v, n in r.versions.items())
         print(
-            f"{r['phase']:<8} {r['requests']:>8} {r['p50_ms']:>9} {r['p99_ms']:>9} "
-            f"{r['inputs_per_s']:>9}  {versions}"
+            f"{r.phase:<8} {r.requests:>8} {r.p50_ms:>9} {r.p99_ms:>9} "
+            f"{r.inputs_per_s:>9}  {versions}"
         )
-    print(json.dumps(result, separators=(",", ":")))
+    print(msgspec.json.encode(result).decode())
 
 
 app.command()(batching)

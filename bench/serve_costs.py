@@ -6,7 +6,6 @@ the prefix states a pull saved. Each prints a table, then one JSON line.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -14,9 +13,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
+import msgspec
 import typer
 
 from pld.metrics import percentile
@@ -38,6 +38,7 @@ from .serve_harness import (
     parse_sizes,
     request_stream,
 )
+from .serve_types import BatchingResult, BatchingRow
 
 __all__ = ["batching", "ready", "rss", "run_batching"]
 
@@ -57,10 +58,10 @@ def run_batching(
     seed: int = 0,
     server_output: bool = False,
     log: Callable[[str], None] = log_stderr,
-) -> dict[str, Any]:
+) -> BatchingResult:
     """`pld serve --batch-size 1` against `--batch-size N`: two servers on the same bundles, started
     once; each repeat sends one wave of ``requests`` requests (K clients) to each, in alternating
-    order, the same requests to both. Returns the JSON-able result."""
+    order, the same requests to both. Returns the result."""
     if max_batch < 2:
         raise typer.BadParameter(f"--batch-size {max_batch}: give 2 or more (1 is the baseline)")
     specs = [f"contractnli-long={default_bundle()}"] if long else list(TASKS)
@@ -106,38 +107,38 @@ def run_batching(
         finally:
             for s in servers.values():
                 s.stop()
-    rows: list[dict[str, Any]] = []
+    rows: list[BatchingRow] = []
     for b in sizes:
         calls = stats1[b][1] - stats0[b][1]
         rows.append(
-            {
-                "max_batch": b,
-                "batch_window_ms": waits[b],
-                "requests": len(lat[b]),
-                "inputs": inputs[b],
-                "p50_ms": round(percentile(lat[b], 0.5), 1) if lat[b] else float("nan"),
-                "p99_ms": round(percentile(lat[b], 0.99), 1) if lat[b] else float("nan"),
-                "inputs_per_s": round(inputs[b] / wall[b], 2),
-                "mean_batch": round((stats1[b][0] - stats0[b][0]) / calls, 2) if calls else None,
-            }
+            BatchingRow(
+                max_batch=b,
+                batch_window_ms=waits[b],
+                requests=len(lat[b]),
+                inputs=inputs[b],
+                p50_ms=round(percentile(lat[b], 0.5), 1) if lat[b] else float("nan"),
+                p99_ms=round(percentile(lat[b], 0.99), 1) if lat[b] else float("nan"),
+                inputs_per_s=round(inputs[b] / wall[b], 2),
+                mean_batch=round((stats1[b][0] - stats0[b][0]) / calls, 2) if calls else None,
+            )
         )
     one, many = rows
     ratios = [n / o for o, n in zip(per_repeat[1], per_repeat[max_batch], strict=True)]
-    return {
-        "bundles": "long" if long else "shipped",
-        "tasks": tasks,
-        "clients": clients,
-        "threads": threads,
-        "requests_per_wave": requests,
-        "repeats": repeats,
-        "batches": list(batches),
-        "failed": failed,
-        "rows": rows,
-        "throughput_ratio": round(statistics.median(ratios), 3),
-        "throughput_ratios": [round(x, 3) for x in ratios],
-        "p50_ratio": round(many["p50_ms"] / one["p50_ms"], 3),
-        "p99_ratio": round(many["p99_ms"] / one["p99_ms"], 3),
-    }
+    return BatchingResult(
+        bundles="long" if long else "shipped",
+        tasks=tasks,
+        clients=clients,
+        threads=threads,
+        requests_per_wave=requests,
+        repeats=repeats,
+        batches=list(batches),
+        failed=failed,
+        rows=rows,
+        throughput_ratio=round(statistics.median(ratios), 3),
+        throughput_ratios=[round(x, 3) for x in ratios],
+        p50_ratio=round(many.p50_ms / one.p50_ms, 3),
+        p99_ratio=round(many.p99_ms / one.p99_ms, 3),
+    )
 
 
 def batching(
@@ -169,21 +170,19 @@ def batching(
         batch_window_ms=batch_window_ms, long=long, threads=threads,
         batches=parse_sizes(batches), seed=seed, server_output=server_output,
     )  # fmt: skip
-    print(
-        f"bundles: {result['bundles']} ({', '.join(result['tasks'])}); failed: {result['failed']}"
-    )
+    print(f"bundles: {result.bundles} ({', '.join(result.tasks)}); failed: {result.failed}")
     print(f"{'max_batch':>9} {'requests':>8} {'inputs':>7} {'p50 ms':>9} {'p99 ms':>9} "
           f"{'inputs/s':>9} {'mean batch':>10}")  # fmt: skip
-    for r in result["rows"]:
+    for r in result.rows:
         print(
-            f"{r['max_batch']:>9} {r['requests']:>8} {r['inputs']:>7} {r['p50_ms']:>9} "
-            f"{r['p99_ms']:>9} {r['inputs_per_s']:>9} {r['mean_batch']!s:>10}"
+            f"{r.max_batch:>9} {r.requests:>8} {r.inputs:>7} {r.p50_ms:>9} "
+            f"{r.p99_ms:>9} {r.inputs_per_s:>9} {r.mean_batch!s:>10}"
         )
     print(
-        f"batched / one at a time: throughput x{result['throughput_ratio']} (median of "
-        f"{result['repeats']}), p50 x{result['p50_ratio']}, p99 x{result['p99_ratio']}"
+        f"batched / one at a time: throughput x{result.throughput_ratio} (median of "
+        f"{result.repeats}), p50 x{result.p50_ratio}, p99 x{result.p99_ratio}"
     )
-    print(json.dumps(result, separators=(",", ":")))
+    print(msgspec.json.encode(result).decode())
 
 
 # ---- memory and time to ready -------------------------------------------------------------------
@@ -253,9 +252,7 @@ def rss(
                 f"{r['bundles']:>7} {r['serve_peak_rss_mb']:>9} {r['separate_peak_rss_mb']:>12} "
                 f"{r['serve_minus_model_mb']:>17}"
             )
-        print(
-            json.dumps({"model_only_mb": round(model_mb, 1), "rows": rows}, separators=(",", ":"))
-        )
+        print(msgspec.json.encode({"model_only_mb": round(model_mb, 1), "rows": rows}).decode())
 
 
 def ready(
@@ -282,8 +279,4 @@ def ready(
                 log_stderr(f"{mode}: ready in {server.ready_s:.2f} s")
         result = {m: round(statistics.median(v), 2) for m, v in times.items()}
         print(f"cold (no prefix states): {result['cold']} s; saved states: {result['saved']} s")
-        print(
-            json.dumps(
-                {"tasks": len(TASKS), "ready_s": result, "all": times}, separators=(",", ":")
-            )
-        )
+        print(msgspec.json.encode({"tasks": len(TASKS), "ready_s": result, "all": times}).decode())
