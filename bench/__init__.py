@@ -1,7 +1,7 @@
 """pld.bench: speed benchmarks over the runtime and the server; each prints a table, then one
 JSON line.
 
-- ``latency`` (``pld bench latency``): the runtime's modes in one process.
+- ``latency`` (``pld bench latency``): the runtime's modes in one process (``LatencyResult``).
 - ``compare`` (``pld bench compare``): pld against ``create_chat_completion`` and llama.cpp's
   server. The contenders are ``contenders`` (worker processes), ``workers`` (their driver),
   ``llama_server``, ``worker_protocol`` (the messages) and ``chat`` with ``templates/`` (chat
@@ -11,7 +11,8 @@ JSON line.
   ``sweeps`` (the measuring), ``lengths`` (texts of chosen lengths), ``scaling_types`` (rows)
   and ``plots`` (figures).
 - ``load_serve`` (``python -m pld.bench.load_serve``): the server's load test, with
-  ``serve_harness`` (servers and clients) and ``serve_costs`` (batching, memory, readiness).
+  ``serve_harness`` (servers and clients), ``serve_costs`` (batching, memory, readiness) and
+  ``serve_types`` (their results).
 - ``inputs`` and ``data/``: the bundle and records every benchmark runs on by default;
   ``micro/``: the pytest-benchmark suites.
 
