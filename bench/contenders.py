@@ -78,18 +78,9 @@ class PldContender:
             system_prompt=c.bundle.system_prompt,
         )
 
-    def _decoded(self) -> int:
-        s = self.clf.engine.stats
-        return (
-            s.prefix_tokens_decoded
-            + s.suffix_tokens_decoded
-            + s.full_tokens_decoded
-            + s.pad_tokens_decoded
-        )
-
     def answer(self, texts: list[str]) -> Reply:
         """Classify the texts in one call; ``evaluated`` is the tokens decoded per text."""
-        before = self._decoded()
+        before = self.clf.engine.stats.tokens_decoded()
         t0 = time.perf_counter()
         preds = self.clf.classify_many(texts)
         ms = (time.perf_counter() - t0) * 1000
@@ -99,7 +90,7 @@ class PldContender:
             labels=[p.label for p in preds],
             texts=[p.label for p in preds],
             prompt_tokens=[prefix + p.timings.input_tokens for p in preds],
-            evaluated=(self._decoded() - before) / len(texts),
+            evaluated=(self.clf.engine.stats.tokens_decoded() - before) / len(texts),
         )
 
     def suffix_tokens(self, texts: list[str]) -> list[int]:

@@ -151,6 +151,7 @@ def run_latency(
     full_p50 = statistics.median(times["full"])
     reuse_p50 = statistics.median(times["reuse"])
     floor_p50 = statistics.median(times["floor"])
+    mean_input = sum(suffix_tokens) / len(suffix_tokens)
     return LatencyResult(
         bundle=Path(bundle).name,
         model=model or "bundle default",
@@ -158,9 +159,9 @@ def run_latency(
         requests=requests,
         repeats=repeats,
         full_requests=len(times["full"]),
-        mean_input_tokens=round(sum(suffix_tokens) / len(suffix_tokens), 1),
-        tokens_per_request_full=prefix_tokens + round(sum(suffix_tokens) / len(suffix_tokens)),
-        tokens_per_request_reuse=round(sum(suffix_tokens) / len(suffix_tokens)),
+        mean_input_tokens=round(mean_input, 1),
+        tokens_per_request_full=prefix_tokens + round(mean_input),
+        tokens_per_request_reuse=round(mean_input),
         full_p50_ms=round(full_p50, 1),
         full_p95_ms=round(percentile(times["full"], 0.95), 1),
         reuse_p50_ms=round(reuse_p50, 1),

@@ -113,6 +113,15 @@ class EngineStats:
     requests: int = 0
     decode_calls: int = 0
 
+    def tokens_decoded(self) -> int:
+        """Every token llama.cpp was asked to decode: prefix, requests, from-scratch and pads."""
+        return (
+            self.prefix_tokens_decoded
+            + self.suffix_tokens_decoded
+            + self.full_tokens_decoded
+            + self.pad_tokens_decoded
+        )
+
 
 class LlamaContext:
     """A llama.cpp context sized for a prefix and ``max_batch`` requests, and its decode step;
